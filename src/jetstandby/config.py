@@ -1,0 +1,122 @@
+"""Settings objects: frozen, keyword-only, validated when built.
+
+Durations are float seconds unless the unit is in the name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any, Final
+
+from jetstandby.errors import ConfigError
+from jetstandby.wire import check_journal_name, journal_subject, stream_name
+
+DEFAULT_JOURNAL: Final = "default"
+
+
+class Durability(StrEnum):
+    """When JetStream acknowledges a publish (a server setting, applied to the embedded one).
+
+    ``acked``: after the message is in the stream's memory and, for R3, on a quorum of nodes;
+    fsync follows within the server's ``sync_interval`` (2 minutes by default). ``fsync``:
+    the server runs with ``sync_interval: always`` and acknowledges only after fsync.
+    """
+
+    ACKED = "acked"
+    FSYNC = "fsync"
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ConfigError(name, f"must be a positive number, got {value!r}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise ConfigError(name, f"must be zero or a positive number, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JournalSettings:
+    """Which stream a journal lives in and how it is built and written.
+
+    ``window``: appends in flight at once. ``ack_every``: how often a publish asks for a
+    reply (the last of a burst always does; one acknowledgement proves all before it).
+    ``ack_timeout``: a publish unanswered this long is checked and resent (safe: message-id
+    dedup). ``unavailable_after``: an append still unresolved this long fails with
+    :class:`~jetstandby.errors.JournalUnavailable`; it must be shorter than
+    ``duplicate_window`` so that every resend stays deduplicable.
+    """
+
+    journal: str = DEFAULT_JOURNAL
+    replicas: int = 1
+    duplicate_window: float = 120.0
+    max_age: float = 0.0
+    max_bytes: int = -1
+    window: int = 1024
+    ack_every: int = 16
+    ack_timeout: float = 1.0
+    unavailable_after: float = 10.0
+    request_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_journal_name(self.journal)
+        if self.replicas not in (1, 3, 5):
+            raise ConfigError("replicas", f"must be 1, 3 or 5, got {self.replicas!r}")
+        for name in ("duplicate_window", "ack_timeout", "unavailable_after", "request_timeout"):
+            _positive(name, getattr(self, name))
+        _non_negative("max_age", self.max_age)
+        if not isinstance(self.max_bytes, int) or (self.max_bytes < 1 and self.max_bytes != -1):
+            raise ConfigError(
+                "max_bytes", f"must be -1 (no limit) or positive, got {self.max_bytes!r}"
+            )
+        if not isinstance(self.window, int) or not 1 <= self.window <= 65536:
+            raise ConfigError("window", f"must be an integer in 1..65536, got {self.window!r}")
+        if not isinstance(self.ack_every, int) or not 1 <= self.ack_every <= self.window:
+            raise ConfigError(
+                "ack_every", f"must be an integer in 1..window, got {self.ack_every!r}"
+            )
+        if self.unavailable_after >= self.duplicate_window:
+            raise ConfigError(
+                "unavailable_after",
+                f"{self.unavailable_after}s must be shorter than duplicate_window "
+                f"({self.duplicate_window}s), or a resend could be stored twice",
+            )
+
+    @property
+    def stream(self) -> str:
+        return stream_name(self.journal)
+
+    @property
+    def subject(self) -> str:
+        return journal_subject(self.journal)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReplaySettings:
+    """How a standby follows the journal. Defaults keep the seed's timings.
+
+    ``resubscribe_delay`` is the pause before re-subscribing after the feed ends or stalls
+    (seed: 1 s); ``resubscribe_failure_delay`` the pause after a failed re-subscribe (seed: 5 s).
+    ``idle_heartbeat``: the server sends one when idle; two missed ones mean a stalled feed.
+    """
+
+    catch_up_interval: float = 0.25
+    progress_log_interval: float = 10.0
+    resubscribe_delay: float = 1.0
+    resubscribe_failure_delay: float = 5.0
+    idle_heartbeat: float = 0.5
+    pending_msgs_limit: int = 65536
+    request_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value: Any = getattr(self, f.name)
+            if f.name in ("resubscribe_delay", "resubscribe_failure_delay"):
+                _non_negative(f.name, value)
+            else:
+                _positive(f.name, value)
+        if self.idle_heartbeat < 0.1:
+            raise ConfigError("idle_heartbeat", "must be at least 0.1 s")

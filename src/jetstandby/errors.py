@@ -1,0 +1,114 @@
+"""The whole jetstandby exception tree.
+
+Every error a caller can see derives from :class:`JetstandbyError`; no bare ``nats``
+exception escapes the journal layer. Subclasses are grouped by what the caller does next,
+and ``retriable`` says whether trying the same thing again can succeed::
+
+    JetstandbyError
+    ├── ConfigError              bad settings or flags: fix the named field
+    ├── ServerError              the embedded nats-server would not start or stop
+    ├── WireError                a message that is not a valid envelope (names the stream seq)
+    ├── JournalError             the command journal
+    │   ├── FencedError          another writer appended: this journal is deposed, forever
+    │   ├── JournalUnavailable   JetStream did not answer within the bound (retriable)
+    │   ├── JournalClosed        the journal was closed; nothing more is accepted
+    │   └── StreamMismatch       the stream exists with settings we cannot run on
+    └── ReplayError              the standby halted; nothing after ``seq`` was applied
+        ├── SequenceGapError     the journal skips command seqs
+        ├── HandlerError         the handler raised on a command
+        └── ProtocolError        a message breaks the protocol (bad envelope, stale epoch)
+"""
+
+from __future__ import annotations
+
+
+class JetstandbyError(Exception):
+    """Root of every error raised by jetstandby."""
+
+    retriable: bool = False
+
+
+class ConfigError(JetstandbyError, ValueError):
+    """A setting, flag or file value is invalid; ``field`` names it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class ServerError(JetstandbyError):
+    """The embedded nats-server failed to start, become ready or stop."""
+
+
+class WireError(JetstandbyError, ValueError):
+    """Bytes that are not a valid envelope; ``stream_seq`` says where they were."""
+
+    def __init__(self, problem: str, *, stream_seq: int | None = None) -> None:
+        where = f"stream seq {stream_seq}" if stream_seq is not None else "message"
+        super().__init__(f"malformed envelope at {where}: {problem}")
+        self.problem = problem
+        self.stream_seq = stream_seq
+
+
+class JournalError(JetstandbyError):
+    """Base class for errors of the command journal."""
+
+
+class FencedError(JournalError):
+    """Another writer appended to the stream: this journal may never append again.
+
+    Terminal. Every later ``append`` raises it too.
+    """
+
+    def __init__(self, message: str, *, seq: int | None = None) -> None:
+        super().__init__(message)
+        self.seq = seq
+
+
+class JournalUnavailable(JournalError):
+    """JetStream did not acknowledge within the configured bound. Retry later."""
+
+    retriable = True
+
+
+class JournalClosed(JournalError):
+    """The journal was closed; it accepts nothing more."""
+
+
+class StreamMismatch(JournalError):
+    """The stream exists but its settings are not ones a journal can safely run on."""
+
+
+class ReplayError(JetstandbyError):
+    """Replay halted at ``seq``: the command there was not applied, nor anything after it.
+
+    ``seq`` is the command seq (or, if the envelope could not be read, ``None``);
+    ``stream_seq`` is where in the stream it stopped.
+    """
+
+    def __init__(self, message: str, *, seq: int | None = None, stream_seq: int | None = None):
+        super().__init__(message)
+        self.seq = seq
+        self.stream_seq = stream_seq
+
+
+class SequenceGapError(ReplayError):
+    """The stream skips command seqs: ``expected`` was due, ``got`` arrived."""
+
+    def __init__(self, *, expected: int, got: int, stream_seq: int) -> None:
+        super().__init__(
+            f"sequence gap at stream seq {stream_seq}: expected command seq {expected}, got {got}",
+            seq=got,
+            stream_seq=stream_seq,
+        )
+        self.expected = expected
+        self.got = got
+
+
+class HandlerError(ReplayError):
+    """The replay handler raised while applying command ``seq``; see ``__cause__``."""
+
+
+class ProtocolError(ReplayError):
+    """A message breaks the replication protocol (malformed envelope, stale epoch, ...)."""

@@ -1,0 +1,198 @@
+"""JetStream plumbing shared by the writer and the reader: connect, the stream, lookups.
+
+This package is the only place that imports ``nats``. Every nats error is translated here or
+in its callers into the jetstandby tree.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
+
+from jetstandby.config import JournalSettings
+from jetstandby.errors import JournalUnavailable, StreamMismatch
+from jetstandby.wire import HDR_MSG_ID
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NatsClient", "connect", "ensure_stream", "last_message", "stream_info"]
+
+ERR_NO_MESSAGE: Final = 10037
+ERR_STREAM_NOT_FOUND: Final = 10059
+ERR_WRONG_LAST_MSG_ID: Final = 10070
+ERR_WRONG_LAST_SEQUENCE: Final = 10071
+
+
+async def connect(servers: str | list[str], *, name: str = "jetstandby") -> NatsClient:
+    """Connect for the long haul: reconnect forever, quickly, and say so in the log.
+
+    Raises :class:`JournalUnavailable` if no server answers the first connect.
+    """
+
+    async def on_error(exc: Exception) -> None:
+        logger.warning("NATS connection error: %s", exc)
+
+    async def on_disconnected() -> None:
+        logger.warning("NATS disconnected; reconnecting")
+
+    async def on_reconnected() -> None:
+        logger.info("NATS reconnected to %s", nc.connected_url)
+
+    nc = NatsClient()
+    urls = [s for s in servers.split(",") if s] if isinstance(servers, str) else servers
+    try:
+        await nc.connect(
+            servers=urls,
+            name=name,
+            connect_timeout=2,
+            reconnect_time_wait=0.25,  # type: ignore[arg-type]  # typed int, used as a float
+            max_reconnect_attempts=-1,
+            allow_reconnect=True,
+            ping_interval=5,
+            max_outstanding_pings=2,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+        )
+    except (OSError, nats.errors.Error) as exc:
+        raise JournalUnavailable(f"cannot connect to NATS at {servers}: {exc}") from exc
+    return nc
+
+
+def required_config(settings: JournalSettings) -> StreamConfig:
+    """The stream a journal needs: see docs/wire.md, "Stream"."""
+    return StreamConfig(
+        name=settings.stream,
+        subjects=[settings.subject],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        discard=DiscardPolicy.NEW,
+        deny_delete=True,
+        deny_purge=True,
+        allow_rollup_hdrs=False,
+        duplicate_window=settings.duplicate_window,
+        max_age=settings.max_age,
+        max_bytes=settings.max_bytes,
+        allow_direct=True,
+    )
+
+
+def check_config(actual: StreamConfig, settings: JournalSettings) -> None:
+    """Refuse a stream whose settings break an assumption fencing or replay rests on."""
+    wanted = required_config(settings)
+    problems: list[str] = []
+    if settings.subject not in (actual.subjects or []):
+        problems.append(f"subjects {actual.subjects} lack {settings.subject!r}")
+    for field in ("storage", "discard", "deny_delete", "deny_purge", "allow_rollup_hdrs"):
+        if getattr(actual, field) != getattr(wanted, field):
+            problems.append(
+                f"{field} is {getattr(actual, field)!r}, need {getattr(wanted, field)!r}"
+            )
+    if actual.retention not in (None, RetentionPolicy.LIMITS):
+        problems.append(f"retention is {actual.retention!r}, need limits")
+    if (actual.duplicate_window or 0) < settings.unavailable_after:
+        problems.append(
+            f"duplicate_window {actual.duplicate_window}s is shorter than "
+            f"unavailable_after {settings.unavailable_after}s"
+        )
+    if problems:
+        raise StreamMismatch(
+            f"stream {settings.stream!r} cannot hold a journal: " + "; ".join(problems)
+        )
+
+
+async def ensure_stream(nc: NatsClient, settings: JournalSettings) -> StreamInfo:
+    """Create the journal's stream if it is missing; check it if it exists.
+
+    Raises :class:`StreamMismatch` naming each unsafe setting, :class:`JournalUnavailable`
+    if JetStream does not answer.
+    """
+    jsm = nc.jsm(timeout=settings.request_timeout)
+    try:
+        try:
+            info = await jsm.stream_info(settings.stream)
+        except nats.js.errors.NotFoundError:
+            logger.info("creating stream %s on subject %s", settings.stream, settings.subject)
+            info = await jsm.add_stream(required_config(settings))
+    except (nats.errors.Error, OSError) as exc:
+        raise JournalUnavailable(
+            f"JetStream did not answer for stream {settings.stream!r}: {exc}"
+        ) from exc
+    check_config(info.config, settings)
+    return info
+
+
+async def stream_info(nc: NatsClient, stream: str, timeout: float) -> StreamInfo:
+    try:
+        return await nc.jsm(timeout=timeout).stream_info(stream)
+    except (nats.errors.Error, OSError) as exc:
+        raise JournalUnavailable(f"stream info for {stream!r} failed: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    stream_seq: int
+    msg_id: str | None
+    data: bytes
+
+
+class _ApiError(msgspec.Struct):
+    code: int
+    err_code: int = 0
+    description: str = ""
+
+
+class _RawMessage(msgspec.Struct):
+    seq: int
+    data: str = ""
+    hdrs: str | None = None
+
+
+class _MsgGetResponse(msgspec.Struct):
+    message: _RawMessage | None = None
+    error: _ApiError | None = None
+
+
+_msg_get_decoder: Final = msgspec.json.Decoder(_MsgGetResponse)
+
+
+def _header(raw: bytes, name: str) -> str | None:
+    prefix = name.lower().encode() + b":"
+    for line in raw.split(b"\r\n")[1:]:
+        if line.lower().startswith(prefix):
+            return line[len(prefix) :].strip().decode()
+    return None
+
+
+async def last_message(nc: NatsClient, settings: JournalSettings) -> StoredMessage | None:
+    """The stream's last message with its ``Nats-Msg-Id``, or ``None`` for an empty stream."""
+    request: dict[str, Any] = {"last_by_subj": settings.subject}
+    try:
+        reply = await nc.request(
+            f"$JS.API.STREAM.MSG.GET.{settings.stream}",
+            msgspec.json.encode(request),
+            timeout=settings.request_timeout,
+        )
+    except (nats.errors.Error, OSError) as exc:
+        raise JournalUnavailable(f"cannot read the tail of {settings.stream!r}: {exc}") from exc
+    response = _msg_get_decoder.decode(reply.data)
+    if response.error is not None:
+        if response.error.err_code == ERR_NO_MESSAGE:
+            return None
+        raise JournalUnavailable(
+            f"reading the tail of {settings.stream!r} failed: {response.error.description}"
+        )
+    assert response.message is not None
+    raw = response.message
+    headers = base64.b64decode(raw.hdrs) if raw.hdrs else b""
+    return StoredMessage(raw.seq, _header(headers, HDR_MSG_ID), base64.b64decode(raw.data))

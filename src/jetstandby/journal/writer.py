@@ -1,0 +1,469 @@
+"""The primary's journal on JetStream: pipelined, fenced appends.
+
+Fencing rests on one chain: command ``s`` is published with ``Nats-Msg-Id: <epoch>-<s>`` and
+``Nats-Expected-Last-Msg-Id: <epoch>-<s-1>``. Once any other writer has appended, the stream's
+last message id is not ours, so every later publish of ours fails its expectation; none can
+line up again (``Nats-Expected-Last-Sequence`` alone can, see docs/wire.md). A rejection is
+not yet proof of a foreign write (a publish of ours may have been lost on a reconnect), so
+the journal then reads the stream's tail: if the last message is ours it resends from there,
+fenced by ``Nats-Expected-Last-Sequence`` on that exact tail; otherwise it is fenced for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any, Final
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+
+from jetstandby import wire
+from jetstandby.config import JournalSettings
+from jetstandby.errors import (
+    FencedError,
+    JournalClosed,
+    JournalError,
+    JournalUnavailable,
+    WireError,
+)
+from jetstandby.journal.base import Ack, JournalState, Position, chain_headers
+from jetstandby.journal.stream import (
+    ERR_WRONG_LAST_MSG_ID,
+    ERR_WRONG_LAST_SEQUENCE,
+    NatsClient,
+    StoredMessage,
+    last_message,
+)
+
+logger = logging.getLogger(__name__)
+
+_CHAIN_BROKEN: Final = frozenset({ERR_WRONG_LAST_MSG_ID, ERR_WRONG_LAST_SEQUENCE})
+_TRANSIENT_CODES: Final = frozenset({408, 503})
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _PubAck(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: _ApiError | None = None
+
+
+_ack_decoder: Final = msgspec.json.Decoder(_PubAck)
+
+
+class _Pending:
+    __slots__ = ("body", "created", "future", "seq")
+
+    def __init__(self, seq: int, body: bytes, future: asyncio.Future[Ack], created: float):
+        self.seq = seq
+        self.body = body
+        self.future = future
+        self.created = created
+
+
+class JetStreamJournal:
+    """Appends commands to a JetStream stream through a bounded window of in-flight publishes.
+
+    Build it with :meth:`open`. ``after`` is the journal's position when this writer takes over
+    (the empty journal, or the epoch marker it wrote); the first append is fenced on it.
+
+    ``append`` returns once the command is on the wire, with a future that resolves to its
+    :class:`Ack` when JetStream has it, or fails with :class:`FencedError` (another writer
+    appended; terminal), :class:`JournalUnavailable` (not acknowledged within
+    ``unavailable_after``; the outcome is unknown and the journal keeps resending, deduplicated)
+    or :class:`JournalError` (JetStream refused it; terminal: the chain cannot skip it).
+    """
+
+    def __init__(
+        self, nc: NatsClient, settings: JournalSettings, *, epoch: int, after: Position
+    ) -> None:
+        self._nc = nc
+        self._settings = settings
+        self._epoch = epoch
+        self._base = after
+        self._stored = after
+        self._next_seq = after.seq + 1
+        self._sent_upto = after.seq
+        self._pending: dict[int, _Pending] = {}
+        self._slots_free = settings.window
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._state = JournalState.OPEN
+        self._error: JournalError | None = None
+        self._gen = 0
+        self._reanchor: tuple[int, int] | None = None
+        self._resyncing = False
+        self._last_progress = time.monotonic()
+        self._flush_wanted = asyncio.Event()
+        self._inbox = nc.new_inbox()
+        self._sub: NatsSubscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def open(
+        cls, nc: NatsClient, settings: JournalSettings, *, epoch: int, after: Position
+    ) -> JetStreamJournal:
+        """Subscribe for acknowledgements and start the resend timer."""
+        journal = cls(nc, settings, epoch=epoch, after=after)
+        journal._sub = await nc.subscribe(
+            journal._inbox + ".*.*", cb=journal._on_ack, pending_msgs_limit=4 * settings.window
+        )
+        journal._spawn(journal._watch())
+        journal._spawn(journal._flush())
+        return journal
+
+    async def __aenter__(self) -> JetStreamJournal:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    @property
+    def state(self) -> JournalState:
+        return self._state
+
+    @property
+    def stored(self) -> Position:
+        """The newest position JetStream has acknowledged."""
+        return self._stored
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def append(self, envelope: wire.Envelope) -> asyncio.Future[Ack]:
+        """Publish ``envelope`` (which must carry :attr:`next_seq` and :attr:`epoch`).
+
+        Waits while the window is full, at most ``unavailable_after``. Raises at once, with
+        nothing published, if the journal is fenced, failed or closed, or the body is too big.
+        """
+        self._raise_if_unusable()
+        body = wire.encode(envelope)
+        if len(body) > self._nc.max_payload:
+            raise WireError(
+                f"command seq {envelope.seq} encodes to {len(body)} bytes, over the server's "
+                f"max_payload of {self._nc.max_payload}"
+            )
+        if self._slots_free > 0:
+            self._slots_free -= 1
+        else:
+            await self._wait_for_slot()
+        if envelope.seq != self._next_seq or envelope.epoch != self._epoch:
+            self._release_slot()
+            raise ValueError(
+                f"append expects seq {self._next_seq} epoch {self._epoch}, "
+                f"got seq {envelope.seq} epoch {envelope.epoch}"
+            )
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        if not self._pending:
+            self._last_progress = time.monotonic()  # stall time counts from the oldest send
+        self._pending[envelope.seq] = _Pending(envelope.seq, body, future, time.monotonic())
+        self._next_seq = envelope.seq + 1
+        self._flush_wanted.set()
+        return future
+
+    async def append_and_wait(self, envelope: wire.Envelope) -> Ack:
+        """:meth:`append`, then wait for its acknowledgement."""
+        return await (await self.append(envelope))
+
+    async def aclose(self) -> None:
+        """Stop resending and fail what is still in flight with :class:`JournalClosed`.
+
+        Idempotent. Closing does not withdraw publishes already sent: they may still land.
+        """
+        if self._state is JournalState.OPEN:
+            self._state = JournalState.CLOSED
+            self._error = JournalClosed("journal closed")
+        self._fail_pending(self._error or JournalClosed("journal closed"))
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    # -- sending ------------------------------------------------------------------------
+
+    def _raise_if_unusable(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    async def _wait_for_slot(self) -> None:
+        """Wait for a free place in the window, at most ``unavailable_after``."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self._settings.unavailable_after):
+                await waiter
+        except TimeoutError:
+            raise JournalUnavailable(
+                f"{len(self._pending)} appends in flight and none acknowledged within "
+                f"{self._settings.unavailable_after}s"
+            ) from None
+        finally:
+            if not waiter.done() or waiter.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._slot_waiters.remove(waiter)
+            elif self._error is not None:
+                self._release_slot()  # hand the slot on so the next waiter sees the error
+        if self._error is not None:
+            raise self._error
+
+    def _release_slot(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes straight to the waiter
+                return
+        self._slots_free += 1
+
+    def _headers(self, seq: int) -> dict[str, str]:
+        if self._reanchor is not None and self._reanchor[0] == seq:
+            # The first resend after a resync: fenced on the exact tail we just read, which
+            # also works when the server has forgotten the last message id (nats-server#8564).
+            return {
+                wire.HDR_MSG_ID: wire.msg_id(self._epoch, seq),
+                wire.HDR_EXPECTED_LAST_SEQ: str(self._reanchor[1]),
+            }
+        return chain_headers(self._epoch, seq, self._base)
+
+    async def _flush(self) -> None:
+        """Put appended commands on the wire once per loop iteration, as one burst."""
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            await self._send_through()
+
+    async def _send_through(self) -> None:
+        """Publish every pending command not yet sent, strictly in seq order.
+
+        Only every ``ack_every``-th command and the last of a burst ask for a reply: by the
+        chain, JetStream accepting command ``s`` proves every command before it is stored.
+        ``_sent_upto`` moves before each publish, and nats-py queues the bytes before its
+        first suspension, so concurrent callers still put commands on the wire in order.
+        """
+        ack_every = self._settings.ack_every
+        while not self._resyncing and self._sent_upto + 1 < self._next_seq:
+            seq = self._sent_upto = self._sent_upto + 1
+            entry = self._pending.get(seq)
+            if entry is None:
+                continue
+            wants_reply = seq % ack_every == 0 or seq + 1 == self._next_seq
+            try:
+                await self._nc.publish(
+                    self._settings.subject,
+                    entry.body,
+                    reply=f"{self._inbox}.{self._gen}.{seq}" if wants_reply else "",
+                    headers=self._headers(seq),
+                )
+            except (nats.errors.Error, OSError) as exc:
+                # Outcome unknown; the watchdog resyncs and resends after ack_timeout.
+                logger.warning("publish of command seq %d failed: %s", seq, exc)
+
+    # -- acknowledgements ---------------------------------------------------------------
+
+    async def _on_ack(self, msg: Msg) -> None:
+        _, gen_text, seq_text = msg.subject.rsplit(".", 2)
+        seq, gen = int(seq_text), int(gen_text)
+        if msg.headers and msg.headers.get("Status") == "503":
+            return  # no responders: JetStream is (re)electing or away; the watchdog resends
+        try:
+            ack = _ack_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            logger.warning("unreadable acknowledgement for command seq %d: %r", seq, msg.data)
+            return
+        if ack.error is not None:
+            self._on_rejected(seq, gen, ack.error)
+        elif ack.stream != self._settings.stream:
+            self._fail(
+                JournalError(
+                    f"command seq {seq} was stored in stream {ack.stream!r}, "
+                    f"not {self._settings.stream!r}: another stream captures its subject"
+                )
+            )
+        else:
+            self._confirm(seq, ack.seq, ack.duplicate)
+
+    def _on_rejected(self, seq: int, gen: int, error: _ApiError) -> None:
+        if error.err_code in _CHAIN_BROKEN or error.code in _TRANSIENT_CODES:
+            if gen == self._gen and not self._resyncing and seq in self._pending:
+                logger.info(
+                    "command seq %d rejected (%s); checking the tail", seq, error.description
+                )
+                self._start_resync()
+            return
+        self._fail(
+            JournalError(
+                f"JetStream refused command seq {seq}: {error.description} "
+                f"(code {error.code}, err_code {error.err_code}); the journal cannot skip it"
+            )
+        )
+
+    def _confirm(self, seq: int, stream_seq: int, duplicate: bool) -> None:
+        """JetStream holds ``seq`` at ``stream_seq``; by the chain, it holds all before it too."""
+        if seq > self._stored.seq:
+            self._stored = Position(seq, stream_seq, wire.msg_id(self._epoch, seq))
+        self._last_progress = time.monotonic()
+        pending = self._pending
+        while pending:
+            first = next(iter(pending))
+            if first > seq:
+                break
+            entry = pending.pop(first)
+            self._release_slot()
+            if not entry.future.done():
+                entry.future.set_result(
+                    Ack(first, stream_seq - (seq - first), duplicate and first == seq)
+                )
+
+    # -- recovery -----------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self._fail(JournalError(f"journal background task failed: {exc!r}"))
+
+    def _start_resync(self) -> None:
+        self._resyncing = True
+        self._gen += 1
+        self._spawn(self._resync())
+
+    async def _resync(self) -> None:
+        """Read the stream's tail; resend from it if it is ours, else fence."""
+        while True:
+            try:
+                tail = await last_message(self._nc, self._settings)
+                break
+            except JournalUnavailable as exc:
+                logger.warning("cannot check the journal tail yet: %s", exc)
+                self._expire_overdue()
+                await asyncio.sleep(self._settings.ack_timeout)
+        stored_seq, tail_stream_seq = self._classify_tail(tail)
+        if self._error is not None:
+            return
+        if stored_seq > self._base.seq:
+            self._confirm(stored_seq, tail_stream_seq, False)
+        self._last_progress = time.monotonic()
+        self._sent_upto = stored_seq
+        self._reanchor = (stored_seq + 1, tail_stream_seq)
+        self._resyncing = False
+        logger.info(
+            "journal resending from command seq %d, fenced on stream seq %d",
+            stored_seq + 1,
+            tail_stream_seq,
+        )
+        await self._send_through()
+
+    def _classify_tail(self, tail: StoredMessage | None) -> tuple[int, int]:
+        """Which of our commands the tail proves stored, or fence if the tail is foreign."""
+        tail_stream_seq = tail.stream_seq if tail else 0
+        if tail_stream_seq == self._base.stream_seq:
+            stored = self._base.seq
+        else:
+            parsed = wire.parse_msg_id(tail.msg_id or "") if tail else None
+            if (
+                parsed is None
+                or parsed[0] != self._epoch
+                or not (self._base.seq < parsed[1] < self._next_seq)
+            ):
+                self._fence(tail)
+                return 0, 0
+            stored = parsed[1]
+        if stored < self._stored.seq:
+            self._fail(
+                JournalError(
+                    f"stream {self._settings.stream!r} lost acknowledged commands: its tail is "
+                    f"command seq {stored}, but seq {self._stored.seq} was acknowledged"
+                )
+            )
+        return stored, tail_stream_seq
+
+    def _fence(self, tail: StoredMessage | None) -> None:
+        who = tail.msg_id if tail else None
+        at = tail.stream_seq if tail else 0
+        error = FencedError(
+            f"journal {self._settings.journal!r} is fenced: another writer appended "
+            f"(the stream now ends with message id {who!r} at stream seq {at}); "
+            f"epoch {self._epoch} may never append again",
+            seq=self._stored.seq,
+        )
+        logger.error("%s", error)
+        self._state = JournalState.FENCED
+        self._set_error(error)
+
+    def _fail(self, error: JournalError) -> None:
+        if self._error is None:
+            logger.error("%s", error)
+            self._state = JournalState.FAILED
+            self._set_error(error)
+
+    def _set_error(self, error: JournalError) -> None:
+        if self._error is None:
+            self._error = error
+        self._fail_pending(self._error)
+
+    def _fail_pending(self, error: JournalError) -> None:
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            self._release_slot()
+            if not entry.future.done():
+                entry.future.set_exception(error)
+
+    def _expire_overdue(self) -> None:
+        """Fail (but keep resending) appends older than ``unavailable_after``."""
+        deadline = time.monotonic() - self._settings.unavailable_after
+        for entry in self._pending.values():
+            if entry.created > deadline:
+                break
+            if not entry.future.done():
+                entry.future.set_exception(
+                    JournalUnavailable(
+                        f"command seq {entry.seq} not acknowledged within "
+                        f"{self._settings.unavailable_after}s; its outcome is unknown and the "
+                        "journal keeps resending it (deduplicated by message id)"
+                    )
+                )
+
+    async def _watch(self) -> None:
+        """Resync when the oldest in-flight publish has gone unanswered for ``ack_timeout``."""
+        interval = min(self._settings.ack_timeout / 4, 0.25)
+        while self._error is None:
+            await asyncio.sleep(interval)
+            self._expire_overdue()
+            stalled = time.monotonic() - self._last_progress > self._settings.ack_timeout
+            if self._pending and stalled and not self._resyncing:
+                logger.warning(
+                    "no acknowledgement for %.1fs with %d in flight; checking the tail",
+                    time.monotonic() - self._last_progress,
+                    len(self._pending),
+                )
+                self._start_resync()
