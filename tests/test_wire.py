@@ -88,3 +88,12 @@ def test_command_builder_validates() -> None:
     assert wire.command(1, 1, 5, "Put", 1, b"p").timestamp_ns == 5
     with pytest.raises(WireError, match="'seq'"):
         wire.command(0, 1, 5, "Put", 1, b"p")
+
+
+def test_the_example_in_docs_wire_md() -> None:
+    env = Envelope(1, 7, 2, 1795677716335344880, "Put", 1, b"\x01\x02", "r-1")
+    documented = "98 01 07 02 cf 18 eb 87 5e 7d 40 bc f0 a3 50 75 74 01 c4 02 01 02 a3 72 2d 31"
+    assert wire.encode(env).hex(" ") == documented
+    from pathlib import Path
+
+    assert documented in (Path(__file__).parents[1] / "docs" / "wire.md").read_text()

@@ -262,6 +262,8 @@ class _ReplayRun:
         self._batch_count = 0
 
     async def run(self, promote: PromoteSignal) -> None:
+        # Helpers also check ``_stopped``: on Python 3.11 a cancellation that races a reply
+        # inside nats-py's ``asyncio.wait_for`` can be swallowed (cpython#86296).
         self._progress.set_replay_cursor(self._cursor)
         logger.info(
             "Standby replay loop started start_from_seq=%d last_command_seq=%d",
@@ -352,7 +354,7 @@ class _ReplayRun:
     async def _follow(self) -> None:
         """Keep one trusted subscription open, re-subscribing from cursor + 1 after each end."""
         await self._subscribe()
-        while True:
+        while not self._stopped:
             await self._interrupted.wait()
             self._interrupted.clear()
             await self._close_subscription()
@@ -367,7 +369,7 @@ class _ReplayRun:
             logger.info("NATS stream reconnected resume_from_stream_seq=%d", self._cursor + 1)
 
     async def _subscribe(self) -> None:
-        while True:
+        while not self._stopped:
             try:
                 self._subscription = await self._feed.subscribe(
                     self._cursor + 1, self._on_message, self._on_interrupt
@@ -393,7 +395,7 @@ class _ReplayRun:
         loop = asyncio.get_running_loop()
         interval = self._settings.catch_up_interval
         deadline = loop.time()
-        while True:
+        while not self._stopped:
             await self._refresh_catch_up_state()
             deadline += interval
             now = loop.time()
@@ -435,8 +437,10 @@ class _ReplayRun:
             )
 
     async def _log_progress(self) -> None:
-        while True:
+        while not self._stopped:
             await asyncio.sleep(self._settings.progress_log_interval)
+            if self._stopped:
+                return
             logger.info(
                 "Standby replay progress commands_replayed=%d batch_since_last_log=%d "
                 "caught_up=%s stream_lag=%s",

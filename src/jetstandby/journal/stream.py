@@ -6,7 +6,9 @@ in its callers into the jetstandby tree.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Final
@@ -24,7 +26,14 @@ from jetstandby.wire import HDR_MSG_ID
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NatsClient", "connect", "ensure_stream", "last_message", "stream_info"]
+__all__ = [
+    "NatsClient",
+    "connect",
+    "ensure_stream",
+    "last_message",
+    "message_at",
+    "stream_info",
+]
 
 ERR_NO_MESSAGE: Final = 10037
 ERR_STREAM_NOT_FOUND: Final = 10059
@@ -32,10 +41,12 @@ ERR_WRONG_LAST_MSG_ID: Final = 10070
 ERR_WRONG_LAST_SEQUENCE: Final = 10071
 
 
-async def connect(servers: str | list[str], *, name: str = "jetstandby") -> NatsClient:
+async def connect(
+    servers: str | list[str], *, name: str = "jetstandby", first_connect_within: float = 5.0
+) -> NatsClient:
     """Connect for the long haul: reconnect forever, quickly, and say so in the log.
 
-    Raises :class:`JournalUnavailable` if no server answers the first connect.
+    Raises :class:`JournalUnavailable` if no server answers within ``first_connect_within``.
     """
 
     async def on_error(exc: Exception) -> None:
@@ -50,19 +61,26 @@ async def connect(servers: str | list[str], *, name: str = "jetstandby") -> Nats
     nc = NatsClient()
     urls = [s for s in servers.split(",") if s] if isinstance(servers, str) else servers
     try:
-        await nc.connect(
-            servers=urls,
-            name=name,
-            connect_timeout=2,
-            reconnect_time_wait=0.25,  # type: ignore[arg-type]  # typed int, used as a float
-            max_reconnect_attempts=-1,
-            allow_reconnect=True,
-            ping_interval=5,
-            max_outstanding_pings=2,
-            error_cb=on_error,
-            disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
-        )
+        async with asyncio.timeout(first_connect_within):
+            await nc.connect(
+                servers=urls,
+                name=name,
+                connect_timeout=2,
+                reconnect_time_wait=0.25,  # type: ignore[arg-type]  # typed int, used as float
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                ping_interval=5,
+                max_outstanding_pings=2,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+            )
+    except TimeoutError:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise JournalUnavailable(
+            f"no NATS server answered at {servers} within {first_connect_within}s"
+        ) from None
     except (OSError, nats.errors.Error) as exc:
         raise JournalUnavailable(f"cannot connect to NATS at {servers}: {exc}") from exc
     return nc
@@ -176,7 +194,19 @@ def _header(raw: bytes, name: str) -> str | None:
 
 async def last_message(nc: NatsClient, settings: JournalSettings) -> StoredMessage | None:
     """The stream's last message with its ``Nats-Msg-Id``, or ``None`` for an empty stream."""
-    request: dict[str, Any] = {"last_by_subj": settings.subject}
+    return await read_message(nc, settings, {"last_by_subj": settings.subject})
+
+
+async def message_at(
+    nc: NatsClient, settings: JournalSettings, stream_seq: int
+) -> StoredMessage | None:
+    """The message at ``stream_seq``, or ``None`` if there is none (yet)."""
+    return await read_message(nc, settings, {"seq": stream_seq})
+
+
+async def read_message(
+    nc: NatsClient, settings: JournalSettings, request: dict[str, Any]
+) -> StoredMessage | None:
     try:
         reply = await nc.request(
             f"$JS.API.STREAM.MSG.GET.{settings.stream}",
@@ -184,13 +214,13 @@ async def last_message(nc: NatsClient, settings: JournalSettings) -> StoredMessa
             timeout=settings.request_timeout,
         )
     except (nats.errors.Error, OSError) as exc:
-        raise JournalUnavailable(f"cannot read the tail of {settings.stream!r}: {exc}") from exc
+        raise JournalUnavailable(f"cannot read {request} of {settings.stream!r}: {exc}") from exc
     response = _msg_get_decoder.decode(reply.data)
     if response.error is not None:
         if response.error.err_code == ERR_NO_MESSAGE:
             return None
         raise JournalUnavailable(
-            f"reading the tail of {settings.stream!r} failed: {response.error.description}"
+            f"reading {request} of {settings.stream!r} failed: {response.error.description}"
         )
     assert response.message is not None
     raw = response.message

@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
 
 import msgspec
@@ -40,6 +41,7 @@ from jetstandby.journal.stream import (
     NatsClient,
     StoredMessage,
     last_message,
+    message_at,
 )
 
 logger = logging.getLogger(__name__)
@@ -252,7 +254,7 @@ class JetStreamJournal:
 
     async def _flush(self) -> None:
         """Put appended commands on the wire once per loop iteration, as one burst."""
-        while True:
+        while self._error is None:  # not only cancellation: 3.11 can swallow it (cpython#86296)
             await self._flush_wanted.wait()
             self._flush_wanted.clear()
             await self._send_through()
@@ -359,19 +361,17 @@ class JetStreamJournal:
 
     async def _resync(self) -> None:
         """Read the stream's tail; resend from it if it is ours, else fence."""
-        while True:
-            try:
-                tail = await last_message(self._nc, self._settings)
-                break
-            except JournalUnavailable as exc:
-                logger.warning("cannot check the journal tail yet: %s", exc)
-                self._expire_overdue()
-                await asyncio.sleep(self._settings.ack_timeout)
-        stored_seq, tail_stream_seq = self._classify_tail(tail)
+        stored_before = self._stored.seq
+        tail = await self._read_until_answered(lambda: last_message(self._nc, self._settings))
+        stored_seq, tail_stream_seq = self._classify_tail(tail, stored_before)
+        if self._state is JournalState.FENCED:
+            await self._settle_fenced()
         if self._error is not None:
             return
-        if stored_seq > self._base.seq:
+        if stored_seq > self._stored.seq:
             self._confirm(stored_seq, tail_stream_seq, False)
+        elif self._stored.seq > stored_seq:  # acks that overtook the tail read are newer
+            stored_seq, tail_stream_seq = self._stored.seq, self._stored.stream_seq
         self._last_progress = time.monotonic()
         self._sent_upto = stored_seq
         self._reanchor = (stored_seq + 1, tail_stream_seq)
@@ -383,8 +383,48 @@ class JetStreamJournal:
         )
         await self._send_through()
 
-    def _classify_tail(self, tail: StoredMessage | None) -> tuple[int, int]:
-        """Which of our commands the tail proves stored, or fence if the tail is foreign."""
+    async def _read_until_answered(
+        self, read: Callable[[], Awaitable[StoredMessage | None]]
+    ) -> StoredMessage | None:
+        """A stream read, retried while JetStream is away (it may be restarting)."""
+        while True:
+            try:
+                return await read()
+            except JournalUnavailable as exc:
+                if self._state is JournalState.CLOSED:
+                    raise
+                logger.warning("cannot read the journal yet: %s", exc)
+                self._expire_overdue()
+                await asyncio.sleep(self._settings.ack_timeout)
+
+    async def _settle_fenced(self) -> None:
+        """Fenced: acknowledge our commands that landed before the foreign write.
+
+        They are stored (and will be replayed), so their appends succeed; only those after it
+        fail. Walks forward from the last acknowledged stream seq, one read per command.
+        """
+        while self._pending:
+            seq, stream_seq = self._stored.seq + 1, self._stored.stream_seq + 1
+            message = await self._read_until_answered(
+                functools.partial(message_at, self._nc, self._settings, stream_seq)
+            )
+            ours = message is not None and wire.parse_msg_id(message.msg_id or "") == (
+                self._epoch,
+                seq,
+            )
+            if not ours or seq not in self._pending:
+                break
+            self._confirm(seq, stream_seq, False)
+        assert isinstance(self._error, FencedError)
+        self._error.seq = self._stored.seq
+        self._fail_pending(self._error)
+
+    def _classify_tail(self, tail: StoredMessage | None, stored_before: int) -> tuple[int, int]:
+        """Which of our commands the tail proves stored, or fence if the tail is foreign.
+
+        ``stored_before`` is what was acknowledged before the tail was read: a tail below it
+        means the stream lost acknowledged commands.
+        """
         tail_stream_seq = tail.stream_seq if tail else 0
         if tail_stream_seq == self._base.stream_seq:
             stored = self._base.seq
@@ -398,11 +438,11 @@ class JetStreamJournal:
                 self._fence(tail)
                 return 0, 0
             stored = parsed[1]
-        if stored < self._stored.seq:
+        if stored < stored_before:
             self._fail(
                 JournalError(
                     f"stream {self._settings.stream!r} lost acknowledged commands: its tail is "
-                    f"command seq {stored}, but seq {self._stored.seq} was acknowledged"
+                    f"command seq {stored}, but seq {stored_before} was acknowledged"
                 )
             )
         return stored, tail_stream_seq
@@ -418,7 +458,7 @@ class JetStreamJournal:
         )
         logger.error("%s", error)
         self._state = JournalState.FENCED
-        self._set_error(error)
+        self._error = error  # refuse new appends now; pending ones are settled by the caller
 
     def _fail(self, error: JournalError) -> None:
         if self._error is None:

@@ -1,0 +1,3 @@
+from jetstandby.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""The ``jetstandby`` command line. The only module that configures logging or exit codes.
+
+Exit codes: 0 success; 1 a check or target failed; 2 bad usage or configuration;
+3 a required service (NATS) was unreachable; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, Final
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from jetstandby import __version__
+from jetstandby.errors import ConfigError, JetstandbyError, JournalUnavailable, ServerError
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_UNAVAILABLE: Final = 3
+EXIT_INTERRUPTED: Final = 130
+
+
+def _positive_float(flag: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag}: {text!r} is not a number") from None
+        if value < 0 or value != value:
+            raise argparse.ArgumentTypeError(f"{flag}: must be >= 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def _count(flag: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag}: {text!r} is not an integer") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag}: must be >= 1, got {text!r}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jetstandby",
+        description="Hot-standby replication for deterministic engines over NATS JetStream.",
+    )
+    parser.add_argument("--version", action="version", version=f"jetstandby {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="journal commands to a hot standby through a nats-server crash, then verify",
+        description="A primary's journal and a standby on an embedded nats-server, which is "
+        "killed with SIGKILL midway and restarted; then every acknowledged command is checked.",
+    )
+    demo.add_argument("--duration", type=_positive_float("--duration"), default=15.0)
+    demo.add_argument(
+        "--rate", type=_positive_float("--rate"), default=2000.0, help="commands/s; 0 = max"
+    )
+    demo.add_argument("--nats", metavar="URL", help="use this server instead of an embedded one")
+    demo.add_argument("--journal", default="demo", help="journal name (a fresh one)")
+    demo.add_argument("--no-crash", action="store_true", help="do not kill the server midway")
+    demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+    bench = commands.add_parser("bench", help="benchmarks against same-run baselines")
+    which = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    replay = which.add_parser("replay", help="standby replay vs raw nats-py and the seed's style")
+    replay.add_argument("--count", type=_count("--count"), default=200_000)
+    replay.add_argument("--seed-count", type=_count("--seed-count"), default=20_000)
+    replay.add_argument("--runs", type=_count("--runs"), default=3)
+    replay.add_argument("--json", action="store_true")
+    journal = which.add_parser("journal", help="fenced journal appends vs raw publish_async")
+    journal.add_argument("--count", type=_count("--count"), default=200_000)
+    journal.add_argument("--fsync-count", type=_count("--fsync-count"), default=20_000)
+    journal.add_argument("--runs", type=_count("--runs"), default=3)
+    journal.add_argument("--json", action="store_true")
+
+    server = commands.add_parser("server", help="run an embedded nats-server in the foreground")
+    server.add_argument("--port", type=int, default=None)
+    server.add_argument("--store", default=None, help="store directory (default: a temporary one)")
+    server.add_argument(
+        "--durability",
+        choices=["acked", "fsync"],
+        default="acked",
+        help="fsync: the server acknowledges only after fsync (sync_interval: always)",
+    )
+    return parser
+
+
+def _configure_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from jetstandby.demo import DemoSettings, run_demo
+
+    console = Console(stderr=args.json)
+    settings = DemoSettings(
+        duration=args.duration,
+        rate=args.rate,
+        nats=args.nats,
+        crash_server=not args.no_crash,
+        journal=args.journal,
+    )
+    summary = await run_demo(settings, console)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        from rich.table import Table
+
+        table = Table(title="verified")
+        table.add_column("check")
+        table.add_column("result", justify="right")
+        for key, value in summary.items():
+            table.add_row(key, str(value))
+        console.print(table)
+    return EXIT_OK if summary["ok"] else EXIT_FAILED
+
+
+async def _bench(args: argparse.Namespace) -> int:
+    result: dict[str, Any]
+    if args.bench == "replay":
+        from jetstandby_bench.replay import ReplayBench
+        from jetstandby_bench.replay import run as run_replay
+
+        result = await run_replay(
+            ReplayBench(args.count, args.seed_count, args.runs, as_json=args.json)
+        )
+    else:
+        from jetstandby_bench.journal import JournalBench
+        from jetstandby_bench.journal import run as run_journal
+
+        result = await run_journal(
+            JournalBench(args.count, args.fsync_count, args.runs, as_json=args.json)
+        )
+    targets = result.get("targets", {}).values()
+    return EXIT_OK if all(t["met"] for t in targets) else EXIT_FAILED
+
+
+async def _server(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jetstandby.server import NatsServer
+
+    server = NatsServer(
+        port=args.port,
+        store_dir=Path(args.store) if args.store else None,
+        sync_always=args.durability == "fsync",
+    )
+    await server.start()
+    print(f"nats-server with JetStream at {server.url} (store {server.store_dir}); Ctrl-C stops")
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.aclose()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, quiet=getattr(args, "json", False))
+    handler = {"demo": _demo, "bench": _bench, "server": _server}[args.command]
+    try:
+        return asyncio.run(handler(args))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except ConfigError as exc:
+        print(f"jetstandby: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (JournalUnavailable, ServerError) as exc:
+        print(f"jetstandby: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except JetstandbyError as exc:
+        print(f"jetstandby: {exc}", file=sys.stderr)
+        return EXIT_FAILED
