@@ -9,8 +9,8 @@ import pytest
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from jetstandby import (
+    CommandJournal,
     FencedError,
-    JetStreamJournal,
     JournalClosed,
     JournalSettings,
     JournalState,
@@ -49,9 +49,9 @@ async def nc(nats_server: NatsServer) -> NatsClient:
 
 async def open_journal(
     nc: NatsClient, settings: JournalSettings, *, epoch: int = 1, after: Position | None = None
-) -> JetStreamJournal:
+) -> CommandJournal:
     await ensure_stream(nc, settings)
-    return await JetStreamJournal.open(nc, settings, epoch=epoch, after=after or Position())
+    return await CommandJournal.open(nc, settings, epoch=epoch, after=after or Position())
 
 
 async def test_appends_are_acknowledged_in_order_and_stored_once(nc: NatsClient) -> None:

@@ -9,9 +9,9 @@ import msgspec
 import pytest
 
 from jetstandby import (
+    CommandJournal,
     HandlerError,
     JetStreamFeed,
-    JetStreamJournal,
     JournalSettings,
     Position,
     ProtocolError,
@@ -47,7 +47,7 @@ async def nc(nats_server: NatsServer) -> NatsClient:
 async def write(nc: NatsClient, settings: JournalSettings, upto: int, start: int = 1) -> None:
     """Journal commands ``start..upto`` through a real journal taking over at ``start - 1``."""
     after = Position(start - 1, start - 1, f"1-{start - 1}" if start > 1 else None)
-    journal = await JetStreamJournal.open(nc, settings, epoch=1, after=after)
+    journal = await CommandJournal.open(nc, settings, epoch=1, after=after)
     futures = [await journal.append(envelope(seq)) for seq in range(start, upto + 1)]
     await asyncio.gather(*futures)
     await journal.aclose()

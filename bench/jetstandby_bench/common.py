@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from jetstandby import wire
@@ -90,7 +91,8 @@ def report(
     table.add_column("median cmds/s", justify="right")
     table.add_column("runs", justify="right")
     for v in variants:
-        table.add_row(v.label, f"{v.median:,.0f}", ", ".join(f"{r:,.0f}" for r in v.rates))
+        rates = ", ".join(f"{r:,.0f}" for r in v.rates)
+        table.add_row(escape(v.label), f"{v.median:,.0f}", rates)
     console.print(table)
     for key, (value, target) in ratios.items():
         verdict = (

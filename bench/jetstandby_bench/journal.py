@@ -6,7 +6,7 @@ both durability settings (a server that acknowledges before fsync, and one with
 
 - ``raw``: nats-py ``publish_async`` with a window of 1024 (no fencing headers; its hang on
   server errors, nats-io/nats.py#985, does not matter when everything succeeds);
-- ``jetstandby``: ``JetStreamJournal.append`` with the id-chain fencing headers.
+- ``jetstandby``: ``CommandJournal.append`` with the id-chain fencing headers.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import nats
 
-from jetstandby import JetStreamJournal, JournalSettings, Position, connect, ensure_stream, wire
+from jetstandby import CommandJournal, JournalSettings, Position, connect, ensure_stream, wire
 from jetstandby.journal.stream import required_config
 from jetstandby_bench.common import Variant, embedded_server, envelope, ratio, report
 
@@ -50,7 +50,7 @@ async def raw_publish_async(url: str, settings: JournalSettings, count: int) -> 
 async def ours(url: str, settings: JournalSettings, count: int) -> float:
     nc = await connect(url)
     await ensure_stream(nc, settings)
-    journal = await JetStreamJournal.open(nc, settings, epoch=1, after=Position())
+    journal = await CommandJournal.open(nc, settings, epoch=1, after=Position())
     commands = [envelope(seq) for seq in range(1, count + 1)]
     start = time.perf_counter()
     future = None

@@ -25,8 +25,8 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from jetstandby import (
+    CommandJournal,
     JetStreamFeed,
-    JetStreamJournal,
     JournalSettings,
     Position,
     ReplayProgress,
@@ -53,7 +53,7 @@ class ReplayBench:
 async def build_stream(url: str, settings: JournalSettings, count: int) -> None:
     nc = await connect(url)
     await ensure_stream(nc, settings)
-    journal = await JetStreamJournal.open(nc, settings, epoch=1, after=Position())
+    journal = await CommandJournal.open(nc, settings, epoch=1, after=Position())
     future = None
     for seq in range(1, count + 1):
         future = await journal.append(envelope(seq))

@@ -21,9 +21,9 @@ from jetstandby.errors import (
 )
 from jetstandby.journal import (
     Ack,
+    CommandJournal,
     Feed,
     JetStreamFeed,
-    JetStreamJournal,
     Journal,
     JournalState,
     MemoryFeed,
@@ -49,6 +49,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Ack",
+    "CommandJournal",
     "ConfigError",
     "Durability",
     "Envelope",
@@ -56,7 +57,6 @@ __all__ = [
     "FencedError",
     "HandlerError",
     "JetStreamFeed",
-    "JetStreamJournal",
     "JetstandbyError",
     "Journal",
     "JournalClosed",

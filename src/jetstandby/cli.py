@@ -102,19 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: bool, quiet: bool) -> None:
+def _configure_logging(console: Console, verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
     logging.basicConfig(
         level=level,
         format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        handlers=[RichHandler(console=console, show_path=False)],
     )
 
 
-async def _demo(args: argparse.Namespace) -> int:
+async def _demo(args: argparse.Namespace, console: Console) -> int:
     from jetstandby.demo import DemoSettings, run_demo
 
-    console = Console(stderr=args.json)
     settings = DemoSettings(
         duration=args.duration,
         rate=args.rate,
@@ -137,7 +136,7 @@ async def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK if summary["ok"] else EXIT_FAILED
 
 
-async def _bench(args: argparse.Namespace) -> int:
+async def _bench(args: argparse.Namespace, console: Console) -> int:
     result: dict[str, Any]
     if args.bench == "replay":
         from jetstandby_bench.replay import ReplayBench
@@ -157,7 +156,7 @@ async def _bench(args: argparse.Namespace) -> int:
     return EXIT_OK if all(t["met"] for t in targets) else EXIT_FAILED
 
 
-async def _server(args: argparse.Namespace) -> int:
+async def _server(args: argparse.Namespace, console: Console) -> int:
     from pathlib import Path
 
     from jetstandby.server import NatsServer
@@ -168,7 +167,8 @@ async def _server(args: argparse.Namespace) -> int:
         sync_always=args.durability == "fsync",
     )
     await server.start()
-    print(f"nats-server with JetStream at {server.url} (store {server.store_dir}); Ctrl-C stops")
+    console.print(f"nats-server with JetStream at {server.url} (store {server.store_dir})")
+    console.print("Ctrl-C stops it")
     try:
         await asyncio.Event().wait()
     finally:
@@ -179,10 +179,14 @@ async def _server(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose, quiet=getattr(args, "json", False))
+    as_json = getattr(args, "json", False)
+    # One console for logs and live views, so they do not tear each other; on stderr when
+    # stdout is reserved for JSON.
+    console = Console(stderr=as_json)
+    _configure_logging(console, args.verbose, quiet=args.command == "bench" or as_json)
     handler = {"demo": _demo, "bench": _bench, "server": _server}[args.command]
     try:
-        return asyncio.run(handler(args))
+        return asyncio.run(handler(args, console))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except ConfigError as exc:

@@ -23,7 +23,7 @@ from rich.table import Table
 from jetstandby import wire
 from jetstandby.config import JournalSettings, ReplaySettings
 from jetstandby.errors import FencedError, JournalError, JournalUnavailable
-from jetstandby.journal import JetStreamFeed, JetStreamJournal, Position, connect, ensure_stream
+from jetstandby.journal import CommandJournal, JetStreamFeed, Position, connect, ensure_stream
 from jetstandby.replay import ReplayProgress, promote_channel, run_replay_loop
 from jetstandby.server import NatsServer
 
@@ -66,7 +66,7 @@ def payload(seq: int) -> bytes:
     return f"set k{seq % 997}={seq * 7919 % 1_000_003}".encode()
 
 
-async def primary(journal: JetStreamJournal, stats: Stats, settings: DemoSettings) -> None:
+async def primary(journal: CommandJournal, stats: Stats, settings: DemoSettings) -> None:
     """Append at ``rate`` per second for ``duration`` seconds; count acknowledgements."""
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -130,7 +130,7 @@ def view(stats: Stats, progress: ReplayProgress, started: float) -> Group:
     ]
     for name, value in rows:
         table.add_row(name, value)
-    return Group(table, *stats.events[-4:])
+    return Group(table, *stats.events[-4:], "")
 
 
 async def read_journal(url: str, settings: JournalSettings) -> DigestEngine:
@@ -163,9 +163,7 @@ async def run_demo(settings: DemoSettings, console: Console) -> dict[str, Any]:
             raise JournalError(
                 f"journal {settings.journal!r} is not empty on {url}: pass a fresh --journal name"
             )
-        journal = await JetStreamJournal.open(
-            primary_nc, journal_settings, epoch=1, after=Position()
-        )
+        journal = await CommandJournal.open(primary_nc, journal_settings, epoch=1, after=Position())
         feed = JetStreamFeed(standby_nc, journal_settings, replay_settings)
         engine, progress, stats = DigestEngine(), ReplayProgress(), Stats()
         sender, signal = promote_channel()

@@ -8,13 +8,13 @@ from jetstandby.journal.base import Ack, Feed, Journal, JournalState, Position, 
 from jetstandby.journal.memory import MemoryFeed, MemoryJournal, MemoryLog
 from jetstandby.journal.reader import JetStreamFeed
 from jetstandby.journal.stream import connect, ensure_stream
-from jetstandby.journal.writer import JetStreamJournal
+from jetstandby.journal.writer import CommandJournal
 
 __all__ = [
     "Ack",
+    "CommandJournal",
     "Feed",
     "JetStreamFeed",
-    "JetStreamJournal",
     "Journal",
     "JournalState",
     "MemoryFeed",

@@ -53,7 +53,8 @@ async def connect(
         logger.warning("NATS connection error: %s", exc)
 
     async def on_disconnected() -> None:
-        logger.warning("NATS disconnected; reconnecting")
+        if not nc.is_closed:
+            logger.warning("NATS disconnected from %s; reconnecting", nc.connected_url)
 
     async def on_reconnected() -> None:
         logger.info("NATS reconnected to %s", nc.connected_url)

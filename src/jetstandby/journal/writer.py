@@ -76,7 +76,7 @@ class _Pending:
         self.created = created
 
 
-class JetStreamJournal:
+class CommandJournal:
     """Appends commands to a JetStream stream through a bounded window of in-flight publishes.
 
     Build it with :meth:`open`. ``after`` is the journal's position when this writer takes over
@@ -116,7 +116,7 @@ class JetStreamJournal:
     @classmethod
     async def open(
         cls, nc: NatsClient, settings: JournalSettings, *, epoch: int, after: Position
-    ) -> JetStreamJournal:
+    ) -> CommandJournal:
         """Subscribe for acknowledgements and start the resend timer."""
         journal = cls(nc, settings, epoch=epoch, after=after)
         journal._sub = await nc.subscribe(
@@ -126,7 +126,7 @@ class JetStreamJournal:
         journal._spawn(journal._flush())
         return journal
 
-    async def __aenter__(self) -> JetStreamJournal:
+    async def __aenter__(self) -> CommandJournal:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -1,0 +1,63 @@
+"""The command line: flags, exit codes, and the demo's whole story on a real server."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+from rich.console import Console
+
+from jetstandby.cli import EXIT_UNAVAILABLE, EXIT_USAGE, main
+from jetstandby.demo import DemoSettings, run_demo
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["demo", "--duration", "soon"], "--duration: 'soon' is not a number"),
+        (["demo", "--rate", "-5"], "--rate: must be >= 0"),
+        (["bench", "replay", "--count", "0"], "--count: must be >= 1"),
+        (["bench", "journal", "--runs", "x"], "--runs: 'x' is not an integer"),
+        (["bench"], "BENCH"),
+        (["server", "--durability", "maybe"], "--durability"),
+        (["frobnicate"], "COMMAND"),
+    ],
+)
+def test_bad_flags_exit_2_naming_the_flag(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == EXIT_USAGE
+    assert needle in capsys.readouterr().err
+
+
+def test_unreachable_nats_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["demo", "--nats", "nats://127.0.0.1:1", "--duration", "1", "--json"])
+    assert code == EXIT_UNAVAILABLE
+    assert "no NATS server answered at nats://127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_module_entry_point_reports_its_version() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "jetstandby", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.startswith("jetstandby ")
+
+
+async def test_demo_survives_a_server_crash_and_verifies_everything() -> None:
+    summary = await run_demo(
+        DemoSettings(duration=2.0, rate=1000, journal="demotest"),
+        Console(file=io.StringIO()),
+    )
+    assert summary["ok"] is True
+    assert summary["server_crashes"] == 1
+    assert summary["lost"] == 0 and summary["duplicates"] == 0
+    assert summary["digest_match"] is True and summary["contiguous"] is True
+    assert summary["acknowledged"] > 1000
+    assert summary["applied_by_standby"] >= summary["acknowledged"]
