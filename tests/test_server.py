@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -102,6 +103,20 @@ async def test_acked_messages_survive_sigkill_without_fsync(nats_server: NatsSer
 
     # The page cache outlives the process, so acked writes survive a process crash.
     assert await stored(nats_server.url) == (5, b"m5")
+
+
+async def test_a_server_killed_behind_our_back_is_reaped_and_restarts(
+    nats_server: NatsServer,
+) -> None:
+    assert await publish(nats_server.url, 1) == [1]
+    pid = nats_server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+
+    await nats_server.stop()  # reaps it; the SIGTERM finds nothing to stop
+    assert nats_server.returncode == -signal.SIGKILL
+    await nats_server.start()
+    assert await stored(nats_server.url) == (1, b"m1")
 
 
 async def test_sync_always_is_written_to_the_config_and_serves() -> None:

@@ -6,7 +6,9 @@ and ``retriable`` says whether trying the same thing again can succeed::
 
     JetstandbyError
     ├── ConfigError              bad settings or flags: fix the named field
+    ├── PromotionRefused         promotion is unsafe now; ``reason`` says why (HTTP 409)
     ├── ServerError              the embedded nats-server would not start or stop
+    ├── UnsupportedCommand       the engine does not accept this command type or version
     ├── WireError                a message that is not a valid envelope (names the stream seq)
     ├── JournalError             the command journal
     │   ├── FencedError          another writer appended: this journal is deposed, forever
@@ -37,8 +39,28 @@ class ConfigError(JetstandbyError, ValueError):
         self.problem = problem
 
 
+class PromotionRefused(JetstandbyError):
+    """Promotion was refused; ``reason`` says what a person can do about it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"promotion refused: {reason}")
+        self.reason = reason
+
+
 class ServerError(JetstandbyError):
     """The embedded nats-server failed to start, become ready or stop."""
+
+
+class UnsupportedCommand(JetstandbyError, ValueError):
+    """The engine does not accept ``command_type`` at ``command_version``."""
+
+    def __init__(self, command_type: str, command_version: int, engine: str) -> None:
+        super().__init__(
+            f"engine {engine} does not accept command type {command_type!r} "
+            f"version {command_version}"
+        )
+        self.command_type = command_type
+        self.command_version = command_version
 
 
 class WireError(JetstandbyError, ValueError):

@@ -260,6 +260,7 @@ class _ReplayRun:
         self._interrupt_reason = ""
         self._subscription: Subscription | None = None
         self._batch_count = 0
+        self._fresh_tail = False
 
     async def run(self, promote: PromoteSignal) -> None:
         # Helpers also check ``_stopped``: on Python 3.11 a cancellation that races a reply
@@ -295,7 +296,10 @@ class _ReplayRun:
         if self._stopped:
             return
         progress = self._progress
-        progress.observe_tail(stream_seq + pending)
+        tail = stream_seq + pending  # observe_tail(), inlined on the hot path
+        if progress.latest_stream_seq is None or tail > progress.latest_stream_seq:
+            progress.latest_stream_seq = tail
+        self._fresh_tail = True
         if stream_seq <= self._cursor:
             return  # a stale delivery from before a re-subscribe; already processed
         try:
@@ -403,7 +407,12 @@ class _ReplayRun:
                 deadline = now + interval - (now - deadline) % interval
             await asyncio.sleep(deadline - now)
 
-    async def _refresh_catch_up_state(self) -> None:
+    async def _latest_stream_seq(self) -> int | None:
+        """The tail: from the deliveries since the last tick if any (no round trip, and no
+        request queued behind a busy replay), else by asking the server (an idle stream)."""
+        if self._fresh_tail and self._progress.latest_stream_seq is not None:
+            self._fresh_tail = False
+            return self._progress.latest_stream_seq
         try:
             latest = await self._feed.last_stream_seq()
         except JetstandbyError as exc:
@@ -411,11 +420,14 @@ class _ReplayRun:
                 "Cannot determine standby catch-up status while stream state is unavailable: %s",
                 exc,
             )
-            return
-        if self._stopped:
+            return None
+        return max(latest, self._progress.latest_stream_seq or 0)
+
+    async def _refresh_catch_up_state(self) -> None:
+        latest = await self._latest_stream_seq()
+        if latest is None or self._stopped:
             return
         progress = self._progress
-        latest = max(latest, progress.latest_stream_seq or 0)
         if not progress.update_catch_up_state(latest, self._cursor):
             return
         if progress.caught_up:

@@ -251,6 +251,8 @@ class NatsServer:
                 raise ServerError(f"{self._name}: closed; create a new NatsServer")
             if self.running:
                 return
+            if self._proc is not None:  # it exited on its own since the last start
+                self._forget(self._proc)
             for attempt in range(PORT_PICK_ATTEMPTS):
                 self._pick_ports(again=attempt > 0)
                 try:

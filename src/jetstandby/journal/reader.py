@@ -99,7 +99,7 @@ class FeedSubscription:
         self._dseq = 0
         self._closed = False
         self._loop = asyncio.get_running_loop()
-        self._last_activity = self._loop.time()
+        self._heard = True
         self._sub: NatsSubscription | None = None
         self._consumer: tuple[str, str] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -125,7 +125,6 @@ class FeedSubscription:
                 f"{config.opt_start_seq}: {exc!r}"
             ) from exc
         self._consumer = (settings.stream, info.name)
-        self._last_activity = self._loop.time()
         self._watchdog = self._loop.create_task(self._watch())
 
     async def aclose(self) -> None:
@@ -152,7 +151,7 @@ class FeedSubscription:
     async def _on_msg(self, msg: Msg) -> None:
         if self._closed:
             return
-        self._last_activity = self._loop.time()
+        self._heard = True
         reply = msg.reply
         if reply.startswith(_ACK_PREFIX):
             tokens = reply.split(".")
@@ -193,10 +192,16 @@ class FeedSubscription:
             self._interrupt(f"cannot answer flow control: {exc}")
 
     async def _watch(self) -> None:
-        """Two heartbeats without a word from the server: the consumer or the link is gone."""
-        limit = 2 * self._heartbeat
+        """Two heartbeat periods without a word from the server: the consumer or link is gone.
+
+        A flag per message, not a clock read, keeps this off the hot path.
+        """
+        silent_periods = 0
         while not self._closed:
-            await asyncio.sleep(self._heartbeat / 2)
-            silent = self._loop.time() - self._last_activity
-            if silent > limit:
-                self._interrupt(f"no message or heartbeat for {silent:.1f}s")
+            await asyncio.sleep(self._heartbeat)
+            if self._heard:
+                self._heard, silent_periods = False, 0
+                continue
+            silent_periods += 1
+            if silent_periods >= 2:
+                self._interrupt(f"no message or heartbeat for {2 * self._heartbeat:.1f}s")

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -41,6 +42,38 @@ ERR_WRONG_LAST_MSG_ID: Final = 10070
 ERR_WRONG_LAST_SEQUENCE: Final = 10071
 
 
+_WHITESPACE: Final = re.compile(r"\s")
+
+
+class _Client(NatsClient):
+    """nats-py's client with a faster header parser.
+
+    Every journal message carries two headers, and nats-py 2.16 spends about 6 µs per message
+    on them (a per-character generator for the key check), a quarter of a standby's
+    per-message cost. This parser returns the same dict, byte for byte;
+    ``tests/test_stream.py`` checks it against nats-py's own on generated header blocks, and
+    the nats-py pin keeps the override honest.
+    """
+
+    @staticmethod
+    def _parse_header_lines(raw: bytes) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for line in raw.split(b"\r\n"):
+            if not line:
+                continue
+            name, sep, value = line.partition(b":")
+            if not sep:
+                continue
+            try:
+                key = name.strip().decode("ascii")
+            except UnicodeDecodeError:
+                continue
+            if _WHITESPACE.search(key):
+                continue
+            out[key] = value.strip().decode("utf-8", "replace")
+        return out
+
+
 async def connect(
     servers: str | list[str], *, name: str = "jetstandby", first_connect_within: float = 5.0
 ) -> NatsClient:
@@ -59,7 +92,7 @@ async def connect(
     async def on_reconnected() -> None:
         logger.info("NATS reconnected to %s", nc.connected_url)
 
-    nc = NatsClient()
+    nc = _Client()
     urls = [s for s in servers.split(",") if s] if isinstance(servers, str) else servers
     try:
         async with asyncio.timeout(first_connect_within):

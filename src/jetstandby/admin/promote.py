@@ -1,0 +1,118 @@
+"""``POST /admin/promote``: bearer authentication, body validation, and the call itself."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from typing import Annotated, Final
+
+import msgspec
+from aiohttp import web
+
+from jetstandby.admin.http import json_error, json_response
+from jetstandby.errors import PromotionRefused
+from jetstandby.status import NodeControl
+
+logger = logging.getLogger(__name__)
+
+MAX_TIMEOUT: Final = 300.0
+MAX_REASON_LENGTH: Final = 1000
+MAX_BODY_BYTES: Final = 64 * 1024
+
+_AT_FIELD: Final = re.compile(r" - at `\$\.?(?P<field>[^`]*)`$")
+_UNKNOWN_FIELD: Final = re.compile(r"unknown field `(?P<field>.*)`$", re.DOTALL)
+_CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="jetstandby"'}
+
+
+class PromoteRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    force: bool = False
+    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON_LENGTH)] | None = None
+    wait: bool = True
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT)] = 10.0
+
+
+def check_bearer(request: web.Request, token: str | None) -> web.Response | None:
+    """``None`` if the request may proceed, else the 401/403 to send."""
+    if token is None:
+        return None
+    scheme, _, presented = request.headers.get("Authorization", "").strip().partition(" ")
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
+        logger.warning("admin API: promote without bearer credentials from %s", request.remote)
+        return json_error(401, "bearer token required", headers=_CHALLENGE)
+    # Compare bytes: compare_digest refuses non-ASCII str, and headers may carry anything.
+    if not hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), token.encode()):
+        logger.warning("admin API: promote with a wrong bearer token from %s", request.remote)
+        return json_error(403, "bearer token not accepted")
+    return None
+
+
+def parse_promote(body: bytes) -> PromoteRequest | web.Response:
+    """The decoded request, or the 400 naming the offending field."""
+    try:
+        request = msgspec.json.decode(body.strip() or b"{}", type=PromoteRequest)
+    except msgspec.ValidationError as exc:
+        return _invalid(str(exc))
+    except msgspec.DecodeError as exc:
+        return json_error(400, f"request body is not valid JSON: {exc}", field=None)
+    if request.force and not (request.reason or "").strip():
+        return json_error(400, "force=true requires a non-empty reason", field="reason")
+    return request
+
+
+def _invalid(message: str) -> web.Response:
+    at_field = _AT_FIELD.search(message)
+    if at_field is not None:
+        return json_error(400, message[: at_field.start()], field=at_field["field"] or None)
+    unknown = _UNKNOWN_FIELD.search(message)
+    return json_error(400, message, field=unknown["field"] if unknown is not None else None)
+
+
+async def promote(request: web.Request, control: NodeControl, token: str | None) -> web.Response:
+    """Authenticate, validate, log and run one promotion request."""
+    refusal = check_bearer(request, token)
+    if refusal is not None:
+        return refusal
+    parsed = parse_promote(await request.read())
+    if isinstance(parsed, web.Response):
+        return parsed
+    _log_request(parsed, request.remote)
+    try:
+        result = await control.promote(
+            force=parsed.force, reason=parsed.reason, wait=parsed.wait, timeout=parsed.timeout
+        )
+    except PromotionRefused as exc:
+        logger.warning("admin API: promotion refused: %s", exc.reason)
+        return json_error(409, "promotion refused", reason=exc.reason)
+    except TimeoutError:
+        logger.warning("admin API: promotion not complete within %.3f s", parsed.timeout)
+        return json_error(504, "promotion did not complete in time", timeout=parsed.timeout)
+    logger.info(
+        "admin API: promoted role=%s epoch=%d seq=%d took_ms=%.1f forced=%s",
+        result.role,
+        result.epoch,
+        result.seq,
+        result.took_ms,
+        result.forced,
+    )
+    return json_response(result)
+
+
+def _log_request(parsed: PromoteRequest, remote: str | None) -> None:
+    if parsed.force:
+        logger.warning(
+            "admin API: FORCED promotion requested from %s: reason=%r wait=%s timeout=%s",
+            remote,
+            parsed.reason,
+            parsed.wait,
+            parsed.timeout,
+        )
+    else:
+        logger.info(
+            "admin API: promotion requested from %s: reason=%r wait=%s timeout=%s",
+            remote,
+            parsed.reason,
+            parsed.wait,
+            parsed.timeout,
+        )

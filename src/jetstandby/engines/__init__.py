@@ -1,0 +1,1 @@
+"""Reference engines. Pure and deterministic; they import nothing above ``jetstandby.engine``."""

@@ -1,0 +1,78 @@
+"""What a node reports about itself: the status document, transitions, promotion results.
+
+Plain msgspec Structs, so they encode straight to JSON for the admin API and the CLI.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Protocol
+
+import msgspec
+
+
+class Role(StrEnum):
+    """A node's role. ``fenced`` (a deposed primary) is terminal."""
+
+    STANDBY = "standby"
+    PROMOTING = "promoting"
+    PRIMARY = "primary"
+    FENCED = "fenced"
+
+
+class Transition(msgspec.Struct, frozen=True):
+    from_role: Role | None
+    to_role: Role
+    at_unix_ms: int
+    reason: str
+
+
+class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /status``. Replay fields keep the seed's ``ReplayProgress`` meanings."""
+
+    node_id: str
+    role: Role
+    epoch: int
+    journal: str
+    engine_name: str
+    engine_version: int
+    ready: bool
+    halted: bool
+    commands_replayed: int
+    caught_up: bool
+    replay_cursor_seq: int | None
+    last_replayed_seq: int | None
+    last_replay_unix_ms: int | None
+    latest_stream_seq: int | None
+    stream_lag: int | None
+    lag_ms: float
+    apply_rate: float
+    catch_up_eta_s: float | None
+    duplicates_skipped: int
+    resubscribes: int
+    last_error: str | None
+    submissions_acknowledged: int = 0
+    submissions_rejected: int = 0
+    submissions_deduplicated: int = 0
+    transitions: list[Transition] = msgspec.field(default_factory=list)
+
+
+class PromoteResult(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /admin/promote``: the new epoch, the seq of its marker, and how long it took."""
+
+    role: Role
+    epoch: int
+    seq: int
+    took_ms: float
+    forced: bool = False
+    already_promoted: bool = False
+
+
+class NodeControl(Protocol):
+    """The narrow surface the admin API drives; a :class:`~jetstandby.node.Node` provides it."""
+
+    def status(self) -> NodeStatus: ...
+
+    async def promote(
+        self, *, force: bool, reason: str | None, wait: bool, timeout: float
+    ) -> PromoteResult: ...
