@@ -6,6 +6,7 @@ Durations are float seconds unless the unit is in the name.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, Final
@@ -14,6 +15,7 @@ from jetstandby.errors import ConfigError
 from jetstandby.wire import check_journal_name, journal_subject, stream_name
 
 DEFAULT_JOURNAL: Final = "default"
+_NODE_ID: Final = re.compile(r"^[A-Za-z0-9_]{1,32}$")
 
 
 class Durability(StrEnum):
@@ -120,3 +122,29 @@ class ReplaySettings:
                 _positive(f.name, value)
         if self.idle_heartbeat < 0.1:
             raise ConfigError("idle_heartbeat", "must be at least 0.1 s")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeSettings:
+    """One node: who it is, which journal it follows, and its promotion rules.
+
+    ``max_promote_lag``: a standby further behind than this many commands refuses to be
+    promoted unless forced. ``promote_attempts``: how often a promotion replays what another
+    writer appended and tries its epoch marker again. ``dedup_window``: how many request ids
+    the exactly-once record keeps.
+    """
+
+    node_id: str
+    journal: JournalSettings = JournalSettings()
+    replay: ReplaySettings = ReplaySettings()
+    max_promote_lag: int = 10_000
+    promote_attempts: int = 5
+    dedup_window: int = 100_000
+
+    def __post_init__(self) -> None:
+        if not _NODE_ID.match(self.node_id):
+            raise ConfigError("node_id", f"{self.node_id!r} must match {_NODE_ID.pattern}")
+        for name in ("max_promote_lag", "promote_attempts", "dedup_window"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name == "max_promote_lag" else 1):
+                raise ConfigError(name, f"must be a positive integer, got {value!r}")

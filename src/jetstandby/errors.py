@@ -9,6 +9,7 @@ and ``retriable`` says whether trying the same thing again can succeed::
     ├── PromotionRefused         promotion is unsafe now; ``reason`` says why (HTTP 409)
     ├── ServerError              the embedded nats-server would not start or stop
     ├── UnsupportedCommand       the engine does not accept this command type or version
+    ├── SubmitError              a submission failed (``code`` says why; ``retriable``)
     ├── WireError                a message that is not a valid envelope (names the stream seq)
     ├── JournalError             the command journal
     │   ├── FencedError          another writer appended: this journal is deposed, forever
@@ -61,6 +62,19 @@ class UnsupportedCommand(JetstandbyError, ValueError):
         )
         self.command_type = command_type
         self.command_version = command_version
+
+
+class SubmitError(JetstandbyError):
+    """A submission was refused, or no primary acknowledged it before the deadline.
+
+    ``code`` is the primary's reason (``bad_request``, ``unsupported``, ...) or ``deadline``.
+    With ``deadline`` the outcome is unknown: submit again with the same request id.
+    """
+
+    def __init__(self, message: str, *, code: str, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retriable = retriable
 
 
 class WireError(JetstandbyError, ValueError):

@@ -133,11 +133,12 @@ def msg_id(epoch: int, seq: int) -> str:
 
 
 def parse_msg_id(value: str) -> tuple[int, int] | None:
-    """``"<epoch>-<seq>"`` -> ``(epoch, seq)``; ``None`` for ids jetstandby did not write."""
-    epoch, sep, seq = value.partition("-")
-    if not sep or not epoch.isdigit() or not seq.isdigit():
+    """``"<epoch>-<seq>"`` (or an epoch marker's ``"<epoch>-<seq>-<node>"``) ->
+    ``(epoch, seq)``; ``None`` for ids jetstandby did not write."""
+    parts = value.split("-", 2)
+    if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
         return None
-    return int(epoch), int(seq)
+    return int(parts[0]), int(parts[1])
 
 
 def check_command_type(command_type: str) -> str:

@@ -184,6 +184,16 @@ class CommandJournal:
         self._flush_wanted.set()
         return future
 
+    async def wait_for_room(self) -> None:
+        """Return once an :meth:`append` would not wait for the window (at most
+        ``unavailable_after``, else :class:`JournalUnavailable`). A sole appender can check
+        before it applies a command, so that a full window never leaves a command applied
+        but unjournaled."""
+        self._raise_if_unusable()
+        if self._slots_free == 0:
+            await self._wait_for_slot()
+            self._release_slot()
+
     async def append_and_wait(self, envelope: wire.Envelope) -> Ack:
         """:meth:`append`, then wait for its acknowledgement."""
         return await (await self.append(envelope))

@@ -1,0 +1,351 @@
+"""One node: a standby that replays, and on an explicit promote becomes the primary.
+
+Roles go ``standby → promoting → primary``, and a primary whose journal is fenced by a newer
+epoch becomes ``fenced`` (terminal). Promotion: stop replay at the promote signal, drain to the
+stream's tail, append an epoch marker fenced on the last message applied (on refusal, replay
+what another writer appended and try again, up to ``promote_attempts``), then serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Final
+
+import msgspec
+
+from jetstandby import wire
+from jetstandby.config import NodeSettings
+from jetstandby.engine import Engine
+from jetstandby.errors import (
+    ConfigError,
+    FencedError,
+    JetstandbyError,
+    PromotionRefused,
+    ReplayError,
+)
+from jetstandby.journal import CommandJournal, JetStreamFeed, Position
+from jetstandby.journal.marker import append_fenced
+from jetstandby.journal.stream import NatsClient, message_at
+from jetstandby.primary import PrimaryService
+from jetstandby.replay import ReplayProgress, promote_channel, run_replay_loop
+from jetstandby.state import ReplicatedState, marker_envelope, marker_msg_id
+from jetstandby.status import NodeStatus, PromoteResult, Role, Transition
+
+logger = logging.getLogger(__name__)
+
+TICK: Final = 0.25
+RATE_SMOOTHING: Final = 0.3
+
+
+class Node:
+    """A jetstandby node. Drive it with :meth:`run`; the admin API calls :meth:`promote`."""
+
+    def __init__(self, nc: NatsClient, engine: Engine, settings: NodeSettings) -> None:
+        self.settings = settings
+        self.state = ReplicatedState(engine, dedup_window=settings.dedup_window)
+        self.progress = ReplayProgress()
+        self.role = Role.STANDBY
+        self._nc = nc
+        self._feed = JetStreamFeed(nc, settings.journal, settings.replay)
+        self._sender, self._signal = promote_channel()
+        self._promotion: asyncio.Future[PromoteResult] | None = None
+        self._promotion_started = 0.0
+        self._promotion_forced = False
+        self._primary: PrimaryService | None = None
+        self._finished = asyncio.Event()
+        self._started = asyncio.Event()
+        self._transitions: list[Transition] = []
+        self._lag_ms = 0.0
+        self._apply_rate = 0.0
+        self._last_error: str | None = None
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self, *, as_primary: bool = False) -> Role:
+        """Replay, promote when told, serve until fenced. Returns the final role.
+
+        ``as_primary``: promote at once (after replaying the whole journal). A standby whose
+        replay halts stays up, halted, until cancelled. Cancel to stop the node.
+        """
+        await JetStreamFeed.open(self._nc, self.settings.journal, self.settings.replay)
+        self._transition(Role.STANDBY, "started")
+        if as_primary:
+            self._begin_promotion(forced=False, reason="started as primary")
+        self._started.set()
+        ticker = asyncio.get_running_loop().create_task(self._tick())
+        try:
+            if await self._replay_until_promoted():
+                await self._finished.wait()
+            else:
+                await asyncio.Event().wait()  # halted: stay up for the operator
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            if self._primary is not None:
+                await self._primary.aclose()
+        return self.role
+
+    async def _replay_until_promoted(self) -> bool:
+        """Replay until a promotion succeeds (True) or replay halts (False)."""
+        while True:
+            try:
+                await run_replay_loop(
+                    self._feed,
+                    self.state,
+                    self.progress,
+                    self._signal,
+                    start_after=self._position(),
+                    settings=self.settings.replay,
+                )
+            except ReplayError as exc:
+                self._last_error = str(exc)
+                self._fail_promotion(PromotionRefused(f"replay halted: {exc}"))
+                return False
+            self._transition(Role.PROMOTING, "promote signal")
+            try:
+                result = await self._take_over()
+            except JetstandbyError as exc:
+                logger.error("promotion failed, back to standby: %s", exc)
+                self._last_error = f"promotion failed: {exc}"
+                self._sender, self._signal = promote_channel()
+                self._transition(Role.STANDBY, f"promotion failed: {exc}")
+                self._fail_promotion(PromotionRefused(str(exc)))
+                continue
+            self._transition(Role.PRIMARY, f"epoch {result.epoch} from seq {result.seq}")
+            assert self._promotion is not None
+            self._promotion.set_result(result)
+            return True
+
+    def _position(self) -> Position:
+        return Position(
+            self.state.last_seq, self.progress.replay_cursor_seq or 0, self.state.last_msg_id
+        )
+
+    async def _take_over(self) -> PromoteResult:
+        journal_settings = self.settings.journal
+        for attempt in range(1, self.settings.promote_attempts + 1):
+            await self._drain_to_tail()
+            after = self._position()
+            epoch, seq = self.state.epoch + 1, self.state.last_seq + 1
+            marker = marker_envelope(
+                seq=seq, epoch=epoch, node=self.settings.node_id, timestamp_ns=time.time_ns()
+            )
+            msg_id = marker_msg_id(epoch, seq, self.settings.node_id)
+            try:
+                ack = await append_fenced(
+                    self._nc, journal_settings, marker, msg_id=msg_id, after=after
+                )
+            except FencedError as exc:
+                logger.warning("epoch marker %s refused (attempt %d): %s", msg_id, attempt, exc)
+                continue
+            self.state.apply(marker)
+            self.progress.set_replay_cursor(ack.stream_seq)
+            journal = await CommandJournal.open(
+                self._nc, journal_settings, epoch=epoch, after=Position(seq, ack.stream_seq, msg_id)
+            )
+            self._primary = PrimaryService(
+                self._nc,
+                wire.submit_subject(journal_settings.journal),
+                self.state,
+                journal,
+                self._lost,
+            )
+            await self._primary.start()
+            took = (time.monotonic() - self._promotion_started) * 1000
+            return PromoteResult(
+                role=Role.PRIMARY,
+                epoch=epoch,
+                seq=seq,
+                took_ms=round(took, 3),
+                forced=self._promotion_forced,
+            )
+        raise PromotionRefused(
+            f"another writer kept appending: {self.settings.promote_attempts} epoch markers refused"
+        )
+
+    async def _drain_to_tail(self) -> None:
+        """Apply everything the stream holds now, then stop (replay is not running here)."""
+        tail = await self._feed.last_stream_seq()
+        if (self.progress.replay_cursor_seq or 0) >= tail:
+            return
+        sender, signal = promote_channel()
+        replay = asyncio.get_running_loop().create_task(
+            run_replay_loop(
+                self._feed,
+                self.state,
+                self.progress,
+                signal,
+                start_after=self._position(),
+                settings=self.settings.replay,
+            )
+        )
+        reached = asyncio.get_running_loop().create_task(
+            self.progress.wait_for(lambda p: (p.replay_cursor_seq or 0) >= tail)
+        )
+        await asyncio.wait({replay, reached}, return_when=asyncio.FIRST_COMPLETED)
+        reached.cancel()
+        sender.promote()
+        await replay  # raises ReplayError if replay halted on the way
+
+    def _lost(self, error: JetstandbyError) -> None:
+        """The primary's journal is fenced or failed: stop serving, for good."""
+        if self.role is Role.FENCED:
+            return
+        self._last_error = str(error)
+        reason = "deposed by a newer epoch" if isinstance(error, FencedError) else "journal failed"
+        logger.error("%s: %s", reason, error)
+        self._transition(Role.FENCED, reason)
+        self._finished.set()
+
+    # -- promotion requests -----------------------------------------------------------------
+
+    async def promote(
+        self,
+        *,
+        force: bool = False,
+        reason: str | None = None,
+        wait: bool = True,
+        timeout: float = 10.0,
+    ) -> PromoteResult:
+        """Start (or join) promotion. Raises :class:`PromotionRefused` with a reason a person
+        can act on, :class:`TimeoutError` if ``wait`` and it is not serving within ``timeout``.
+        Idempotent: a repeated call returns the same result."""
+        if force and not (reason and reason.strip()):
+            raise ConfigError("reason", "a forced promotion needs a reason")
+        if not self._started.is_set():
+            raise PromotionRefused("the node is still starting: its journal stream is not open")
+        if self._promotion is None:
+            await self._check_promotable(force)
+            if force:
+                logger.warning("FORCED promotion of %s: %s", self.settings.node_id, reason)
+            self._begin_promotion(forced=force, reason=reason or "admin request")
+        assert self._promotion is not None
+        promotion = self._promotion
+        if not wait and not promotion.done():
+            return PromoteResult(
+                role=self.role,
+                epoch=self.state.epoch,
+                seq=self.state.last_seq,
+                took_ms=0.0,
+                forced=self._promotion_forced,
+            )
+        already = promotion.done()
+        result = await asyncio.wait_for(asyncio.shield(promotion), timeout)
+        return msgspec.structs.replace(result, already_promoted=already)
+
+    async def _check_promotable(self, force: bool) -> None:
+        if self.role is Role.FENCED:
+            raise PromotionRefused("this node is a deposed primary; start it again as a standby")
+        if self.progress.error is not None:
+            raise PromotionRefused(
+                f"replay halted at seq {self.progress.error.seq} "
+                f"(stream seq {self.progress.error.stream_seq}): {self.progress.error}; "
+                "fix the cause before promoting this node"
+            )
+        try:
+            tail = await asyncio.wait_for(self._feed.last_stream_seq(), 2.0)
+        except (JetstandbyError, TimeoutError) as exc:
+            raise PromotionRefused(f"the journal stream is unreachable: {exc!r}") from exc
+        lag = tail - (self.progress.replay_cursor_seq or 0)
+        if lag > self.settings.max_promote_lag and not force:
+            raise PromotionRefused(
+                f"lag is {lag} commands, over the bound of {self.settings.max_promote_lag}: "
+                "wait for the standby to catch up, or force with a reason"
+            )
+
+    def _begin_promotion(self, *, forced: bool, reason: str) -> None:
+        self._promotion = asyncio.get_running_loop().create_future()
+        self._promotion_started = time.monotonic()
+        self._promotion_forced = forced
+        logger.info("promotion requested: %s", reason)
+        self._sender.promote()
+
+    def _fail_promotion(self, error: PromotionRefused) -> None:
+        if self._promotion is not None and not self._promotion.done():
+            self._promotion.set_exception(error)
+            self._promotion.exception()  # retrieved: a refusal nobody awaits is not an error
+        self._promotion = None
+
+    # -- status -----------------------------------------------------------------------------
+
+    def _transition(self, to: Role, reason: str) -> None:
+        before = self.role if self._transitions else None
+        self.role = to
+        self._transitions.append(Transition(before, to, time.time_ns() // 1_000_000, reason))
+        logger.info(
+            "role %s -> %s (%s) node=%s epoch=%d",
+            before,
+            to,
+            reason,
+            self.settings.node_id,
+            self.state.epoch,
+        )
+
+    def status(self) -> NodeStatus:
+        p, primary = self.progress, self._primary
+        halted = p.error is not None
+        ready = (self.role is Role.PRIMARY) or (
+            self.role is Role.STANDBY and p.caught_up and not halted
+        )
+        lag = p.stream_lag if self.role is not Role.PRIMARY else 0
+        eta = (
+            (lag / self._apply_rate)
+            if lag and self._apply_rate > 0
+            else (0.0 if lag == 0 else None)
+        )
+        return NodeStatus(
+            node_id=self.settings.node_id,
+            role=self.role,
+            epoch=self.state.epoch,
+            journal=self.settings.journal.journal,
+            engine_name=self.state.engine.name,
+            engine_version=self.state.engine.version,
+            ready=ready,
+            halted=halted,
+            commands_replayed=p.commands_replayed,
+            caught_up=p.caught_up,
+            replay_cursor_seq=p.replay_cursor_seq,
+            last_replayed_seq=p.last_replayed_seq,
+            last_replay_unix_ms=p.last_replay_unix_ms,
+            latest_stream_seq=p.latest_stream_seq,
+            stream_lag=lag,
+            lag_ms=round(self._lag_ms, 3) if self.role is Role.STANDBY else 0.0,
+            apply_rate=round(self._apply_rate, 1),
+            catch_up_eta_s=eta,
+            duplicates_skipped=p.duplicates_skipped,
+            resubscribes=p.resubscribes,
+            last_error=self._last_error or (str(p.error) if p.error else None),
+            submissions_acknowledged=primary.acknowledged if primary else 0,
+            submissions_rejected=primary.rejected if primary else 0,
+            submissions_deduplicated=primary.deduplicated if primary else 0,
+            transitions=list(self._transitions),
+        )
+
+    async def _tick(self) -> None:
+        """Apply rate and time lag: the age of the oldest command not yet applied."""
+        last_count, last_time = self.progress.commands_replayed, time.monotonic()
+        while True:
+            await asyncio.sleep(TICK)
+            now = time.monotonic()
+            count = self.progress.commands_replayed
+            rate = (count - last_count) / max(now - last_time, 1e-9)
+            self._apply_rate += RATE_SMOOTHING * (rate - self._apply_rate)
+            last_count, last_time = count, now
+            self._lag_ms = await self._oldest_unapplied_age_ms()
+
+    async def _oldest_unapplied_age_ms(self) -> float:
+        if self.role is not Role.STANDBY or not self.progress.stream_lag:
+            return 0.0  # nothing pending: an idle primary does not make us look late
+        next_seq = (self.progress.replay_cursor_seq or 0) + 1
+        try:
+            message = await message_at(self._nc, self.settings.journal, next_seq)
+            if message is None:
+                return 0.0
+            timestamp = wire.decode(message.data, stream_seq=next_seq).timestamp_ns
+        except JetstandbyError:
+            return self._lag_ms
+        return max(0.0, (time.time_ns() - timestamp) / 1e6)

@@ -1,0 +1,229 @@
+"""The serving primary: sequence → stamp → apply → journal → reply once JetStream has it.
+
+Submissions are handled one at a time, in arrival order, by the subscription's task; replies
+go out when their journal acknowledgement resolves. A request id seen before gets its
+original outcome (after that command is stored), never a second apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Final
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from jetstandby import submission, wire
+from jetstandby.errors import (
+    ConfigError,
+    FencedError,
+    JetstandbyError,
+    JournalError,
+    JournalUnavailable,
+    UnsupportedCommand,
+)
+from jetstandby.journal import Ack, CommandJournal
+from jetstandby.journal.stream import NatsClient
+from jetstandby.state import Applied, ReplicatedState
+from jetstandby.submission import Code, SubmitReply
+
+logger = logging.getLogger(__name__)
+
+#: Room the envelope needs around a payload (msgpack framing, type, ids).
+ENVELOPE_OVERHEAD: Final = 256
+
+
+class PrimaryService:
+    """Serves submissions for one journal until its journal is fenced or it is closed.
+
+    ``on_lost(error)`` is called (once) when the journal can no longer be written: fenced by
+    another writer, or failed. In-flight submissions then get retriable errors.
+    """
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        subject: str,
+        state: ReplicatedState,
+        journal: CommandJournal,
+        on_lost: Callable[[JetstandbyError], None],
+    ) -> None:
+        self._nc = nc
+        self._subject = subject
+        self._state = state
+        self._journal = journal
+        self._on_lost = on_lost
+        self._lost: JetstandbyError | None = None
+        self._inflight: dict[int, asyncio.Future[Ack]] = {}
+        self._replies: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._reply_wanted = asyncio.Event()
+        self._sub: Subscription | None = None
+        self._replier: asyncio.Task[None] | None = None
+        self.acknowledged = 0
+        self.rejected = 0
+        self.deduplicated = 0
+
+    async def start(self) -> None:
+        self._replier = asyncio.get_running_loop().create_task(self._send_replies())
+        self._sub = await self._nc.subscribe(
+            self._subject, queue=submission.QUEUE_GROUP, cb=self._on_submit
+        )
+        logger.info("primary serving %s (epoch %d)", self._subject, self._journal.epoch)
+
+    async def aclose(self) -> None:
+        """Stop taking submissions; answer what is in flight. Idempotent."""
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await sub.unsubscribe()
+        await self._journal.aclose()  # fails what is still in flight: those get errors
+        await asyncio.sleep(0)  # let their done-callbacks queue the replies
+        if self._replier is not None:
+            self._replies.append(("", b""))  # sentinel: flush, then stop
+            self._reply_wanted.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replier
+            self._replier = None
+
+    # -- one submission -------------------------------------------------------------------
+
+    async def _on_submit(self, msg: Msg) -> None:
+        if not msg.reply:
+            return  # nobody to answer: never apply what cannot be acknowledged
+        try:
+            sub = submission.decode_submission(msg.data)
+        except msgspec.DecodeError as exc:
+            self._reject(msg.reply, Code.BAD_REQUEST, f"malformed submission: {exc}")
+            return
+        if self._lost is not None:
+            self._reject(msg.reply, Code.FENCED, f"this primary was deposed: {self._lost}")
+            return
+        if sub.request_id and (applied := self._state.lookup(sub.request_id)) is not None:
+            self._answer_again(msg.reply, applied)
+            return
+        problem = self._refusal(sub)
+        if problem is not None:
+            self._reject(msg.reply, *problem)
+            return
+        try:
+            await self._journal.wait_for_room()
+        except JournalUnavailable as exc:
+            self._reject(msg.reply, Code.UNAVAILABLE, str(exc))
+            return
+        except JournalError as exc:
+            self._lose(exc)
+            self._reject(msg.reply, Code.FENCED, str(exc))
+            return
+        await self._apply_and_journal(msg.reply, sub)
+
+    def _refusal(self, sub: submission.Submission) -> tuple[Code, str] | None:
+        try:
+            wire.check_command_type(sub.command_type)
+            self._state.check_supported(sub.command_type, sub.command_version)
+        except (ConfigError, UnsupportedCommand) as exc:
+            return Code.UNSUPPORTED, str(exc)
+        if len(sub.payload) + ENVELOPE_OVERHEAD > self._nc.max_payload:
+            return Code.BAD_REQUEST, (
+                f"payload of {len(sub.payload)} bytes does not fit the server's "
+                f"max_payload of {self._nc.max_payload}"
+            )
+        return None
+
+    async def _apply_and_journal(self, reply: str, sub: submission.Submission) -> None:
+        journal = self._journal
+        envelope = wire.Envelope(
+            1,
+            journal.next_seq,
+            journal.epoch,
+            time.time_ns(),
+            sub.command_type,
+            sub.command_version,
+            sub.payload,
+            sub.request_id,
+        )
+        result = self._state.apply(envelope)
+        try:
+            future = await journal.append(envelope)
+        except JournalError as exc:  # terminal: fenced or failed between the checks
+            self._lose(exc)
+            self._reject(reply, Code.FENCED, str(exc))
+            return
+        self._inflight[envelope.seq] = future
+        future.add_done_callback(
+            functools.partial(
+                self._on_journaled, reply, Applied(envelope.seq, result or b""), False
+            )
+        )
+
+    def _answer_again(self, reply: str, applied: Applied) -> None:
+        self.deduplicated += 1
+        pending = self._inflight.get(applied.seq)
+        if pending is None:
+            self._queue(
+                reply,
+                SubmitReply(ok=True, seq=applied.seq, result=applied.result, deduplicated=True),
+            )
+        else:  # applied, not yet acknowledged: answer when it is
+            pending.add_done_callback(functools.partial(self._on_journaled, reply, applied, True))
+
+    def _on_journaled(
+        self, reply: str, applied: Applied, deduplicated: bool, future: asyncio.Future[Ack]
+    ) -> None:
+        self._inflight.pop(applied.seq, None)
+        exc = None if future.cancelled() else future.exception()
+        if future.cancelled() or isinstance(exc, JournalUnavailable):
+            self._reject(
+                reply,
+                Code.UNAVAILABLE,
+                f"command seq {applied.seq} not acknowledged in time; its outcome is unknown: "
+                "retry with the same request id",
+            )
+        elif exc is not None:
+            self._lose(exc if isinstance(exc, JetstandbyError) else JournalError(repr(exc)))
+            code = Code.FENCED if isinstance(exc, FencedError) else Code.UNAVAILABLE
+            self._reject(reply, code, f"command seq {applied.seq} was not journaled: {exc}")
+        else:
+            if not deduplicated:
+                self.acknowledged += 1
+            self._queue(
+                reply,
+                SubmitReply(
+                    ok=True, seq=applied.seq, result=applied.result, deduplicated=deduplicated
+                ),
+            )
+
+    # -- replies and loss ---------------------------------------------------------------
+
+    def _reject(self, reply: str, code: Code, error: str) -> None:
+        self.rejected += 1
+        self._queue(reply, SubmitReply(ok=False, code=code.value, error=error))
+
+    def _queue(self, reply: str, answer: SubmitReply) -> None:
+        self._replies.append((reply, submission.encode_reply(answer)))
+        self._reply_wanted.set()
+
+    async def _send_replies(self) -> None:
+        while True:
+            await self._reply_wanted.wait()
+            self._reply_wanted.clear()
+            while self._replies:
+                subject, data = self._replies.popleft()
+                if not subject:
+                    return
+                try:
+                    await self._nc.publish(subject, data)
+                except (nats.errors.Error, OSError) as exc:
+                    logger.warning("cannot answer a submission: %s", exc)
+
+    def _lose(self, error: JetstandbyError) -> None:
+        if self._lost is None:
+            self._lost = error
+            self._on_lost(error)

@@ -1,0 +1,161 @@
+"""Nodes in one process against a real nats-server: promotion, fencing, exactly-once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+
+from jetstandby import connect
+from jetstandby.client import Client
+from jetstandby.config import JournalSettings, NodeSettings, ReplaySettings
+from jetstandby.engines.kv import KeyValueEngine, add, put
+from jetstandby.errors import ConfigError, PromotionRefused, SubmitError
+from jetstandby.node import Node
+from jetstandby.server import NatsServer
+from jetstandby.status import Role
+from tests.support import read_journal
+
+REPLAY = ReplaySettings(
+    catch_up_interval=0.05, resubscribe_delay=0.05, resubscribe_failure_delay=0.2
+)
+
+
+class Running:
+    def __init__(self, node: Node, task: asyncio.Task[Role]) -> None:
+        self.node, self.task = node, task
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self.task
+
+
+@pytest.fixture
+async def start(nats_server: NatsServer) -> AsyncIterator[object]:
+    running: list[Running] = []
+    connections = []
+
+    async def start_node(node_id: str, *, primary: bool = False, **kw: object) -> Running:
+        nc = await connect(nats_server.url)
+        connections.append(nc)
+        settings = NodeSettings(
+            node_id=node_id,
+            journal=JournalSettings(journal="kv"),
+            replay=REPLAY,
+            **kw,  # type: ignore[arg-type]
+        )
+        node = Node(nc, KeyValueEngine(), settings)
+        task = asyncio.create_task(node.run(as_primary=primary))
+        running.append(Running(node, task))
+        await node._started.wait()
+        if primary:
+            await node.promote(wait=True, timeout=10)
+        return running[-1]
+
+    yield start_node
+    for r in running:
+        if not r.task.done():
+            r.task.cancel()
+        with __import__("contextlib").suppress(BaseException):
+            await r.task
+    for nc in connections:
+        await nc.close()
+
+
+async def test_primary_serves_and_standby_follows_then_takes_over(
+    start: object, nats_server: NatsServer
+) -> None:
+    a = await start("a", primary=True)  # type: ignore[operator]
+    b = await start("b")  # type: ignore[operator]
+    assert a.node.role is Role.PRIMARY and a.node.state.epoch == 1
+    async with await Client.connect(nats_server.url, "kv") as client:
+        for i in range(50):
+            out = await client.submit("Add", 1, add("counter", 1), request_id=f"r{i}")
+            assert msgspec.msgpack.decode(out.result) == {"ok": True, "value": i + 1}
+        again = await client.submit("Add", 1, add("counter", 1), request_id="r7")
+        assert again.deduplicated and msgspec.msgpack.decode(again.result)["value"] == 8
+        await b.node.progress.wait_for(lambda p: p.last_replayed_seq == 51, timeout=10)
+        assert b.node.state.engine.digest() == a.node.state.engine.digest()
+
+        result = await b.node.promote(wait=True, timeout=10)
+        assert (result.role, result.epoch, result.seq) == (Role.PRIMARY, 2, 52)
+        repeat = await b.node.promote(wait=True, timeout=10)
+        assert repeat.already_promoted and repeat.epoch == 2
+
+        # the old primary's next append is refused: it fences itself
+        out = await client.submit("Add", 1, add("counter", 1), request_id="after")
+        assert out.seq == 53
+        retried = await client.submit("Add", 1, add("counter", 1), request_id="r3")
+        assert retried.deduplicated and msgspec.msgpack.decode(retried.result)["value"] == 4
+    assert b.node.state.engine.data["counter"] == "51"  # type: ignore[attr-defined]
+
+
+async def test_deposed_primary_fences_on_its_next_append(
+    start: object, nats_server: NatsServer
+) -> None:
+    a = await start("a", primary=True)  # type: ignore[operator]
+    b = await start("b")  # type: ignore[operator]
+    async with await Client.connect(nats_server.url, "kv") as client:
+        await client.submit("Put", 1, put("k", "v1"))
+        await b.node.progress.wait_for(lambda p: p.last_replayed_seq == 2, timeout=10)
+        await b.node.promote(wait=True, timeout=10)
+        # Both still listen in the queue group; keep submitting until the zombie gets one.
+        seqs = []
+        for i in range(200):
+            seqs.append((await client.submit("Add", 1, add("n", 1), request_id=f"z{i}")).seq)
+            if a.node.role is Role.FENCED:
+                break
+    assert a.node.role is Role.FENCED
+    assert await asyncio.wait_for(a.task, 10) is Role.FENCED
+    assert seqs == list(range(4, 4 + len(seqs)))  # every acknowledged one is B's, in order
+    nc = await connect(nats_server.url)
+    journal = await read_journal(nc, "JSB_KV", "jsb.kv.journal")
+    await nc.close()
+    marker_at = next(i for i, (_, env) in enumerate(journal) if env.epoch == 2)
+    assert journal[marker_at][0] == "2-3-b"
+    assert all(env.epoch == 2 for _, env in journal[marker_at:])  # zero appends from epoch 1
+    assert [env.seq for _, env in journal] == list(range(1, len(journal) + 1))
+    status = a.node.status()
+    assert status.role is Role.FENCED and not status.ready
+    assert [t.to_role for t in status.transitions] == [
+        Role.STANDBY,
+        Role.PROMOTING,
+        Role.PRIMARY,
+        Role.FENCED,
+    ]
+
+
+async def test_bad_promotions_are_refused_with_reasons(start: object) -> None:
+    b = await start("b", max_promote_lag=0)  # type: ignore[operator]
+    with pytest.raises(ConfigError, match="reason"):
+        await b.node.promote(force=True, reason="  ")
+    result = await b.node.promote(force=True, reason="drill", timeout=10)
+    assert result.forced and result.epoch == 1
+
+
+async def test_unsupported_commands_are_rejected_and_not_journaled(
+    start: object, nats_server: NatsServer
+) -> None:
+    a = await start("a", primary=True)  # type: ignore[operator]
+    async with await Client.connect(nats_server.url, "kv") as client:
+        with pytest.raises(SubmitError) as info:
+            await client.submit("Put", 9, put("k", "v"))
+        assert info.value.code == "unsupported" and "version 9" in str(info.value)
+        with pytest.raises(SubmitError, match="unsupported"):
+            await client.submit("$epoch", 1, b"")
+        out = await client.submit("Put", 1, put("k", "v"))
+    assert out.seq == 2  # nothing was journaled for the refused ones
+    assert a.node.state.last_seq == 2
+
+
+async def test_submit_without_a_primary_times_out_as_retriable(nats_server: NatsServer) -> None:
+    async with await Client.connect(nats_server.url, "kv") as client:
+        with pytest.raises(SubmitError) as info:
+            await client.submit("Put", 1, put("k", "v"), deadline=0.3)
+    assert info.value.code == "deadline" and info.value.retriable
+
+
+_ = PromotionRefused
