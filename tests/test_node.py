@@ -50,7 +50,7 @@ async def start(nats_server: NatsServer) -> AsyncIterator[object]:
         node = Node(nc, KeyValueEngine(), settings)
         task = asyncio.create_task(node.run(as_primary=primary))
         running.append(Running(node, task))
-        await node._started.wait()
+        await node.wait_started()
         if primary:
             await node.promote(wait=True, timeout=10)
         return running[-1]

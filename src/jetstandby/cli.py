@@ -24,7 +24,16 @@ EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_UNAVAILABLE: Final = 3
+EXIT_FENCED: Final = 4
 EXIT_INTERRUPTED: Final = 130
+
+
+class ExitStatus(Exception):
+    """A command's outcome as an exit code, with the message already printed."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 def _positive_float(flag: str) -> Any:
@@ -90,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     journal.add_argument("--runs", type=_count("--runs"), default=3)
     journal.add_argument("--json", action="store_true")
 
+    _add_node_commands(commands)
+
     server = commands.add_parser("server", help="run an embedded nats-server in the foreground")
     server.add_argument("--port", type=int, default=None)
     server.add_argument("--store", default=None, help="store directory (default: a temporary one)")
@@ -100,6 +111,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="fsync: the server acknowledges only after fsync (sync_interval: always)",
     )
     return parser
+
+
+def _add_node_commands(commands: Any) -> None:
+    run = commands.add_parser(
+        "run",
+        help="run one node (standby, or primary) with its admin API",
+        description="Settings come from flags, then JETSTANDBY_* variables, then --config.",
+    )
+    run.add_argument("--role", choices=["primary", "standby"], default=None)
+    run.add_argument("--engine", default=None, metavar="NAME|module:Class", help="default: kv")
+    run.add_argument("--nats", default=None, metavar="URL", help="default: an embedded server")
+    run.add_argument("--admin", default=None, metavar="HOST:PORT", help="default 127.0.0.1:7070")
+    run.add_argument("--config", default=None, metavar="FILE", help="a TOML file")
+    run.add_argument("--node-id", default=None, help="unique per node; default: random")
+    run.add_argument("--journal", default=None)
+    run.add_argument("--token-file", default=None, help="bearer token for the admin API")
+    run.add_argument("--max-promote-lag", type=_count("--max-promote-lag"), default=None)
+    run.add_argument(
+        "--stay-up", action="store_true", default=None, help="keep running after being fenced"
+    )
+
+    status = commands.add_parser("status", help="a node's status (live with --watch)")
+    status.add_argument("--admin", default="http://127.0.0.1:7070", metavar="URL")
+    status.add_argument("--watch", action="store_true")
+    status.add_argument("--json", action="store_true")
+
+    promote = commands.add_parser("promote", help="promote a standby through its admin API")
+    promote.add_argument("--admin", default="http://127.0.0.1:7070", metavar="URL")
+    promote.add_argument("--force", action="store_true", help="promote despite lag")
+    promote.add_argument("--reason", default=None, help="required with --force; logged")
+    promote.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True)
+    promote.add_argument("--timeout", type=_positive_float("--timeout"), default=10.0)
+    promote.add_argument("--token-file", default=None, help="default: $JETSTANDBY_TOKEN")
+
+    submit = commands.add_parser("submit", help="send one command to the primary")
+    submit.add_argument("command_type", metavar="TYPE")
+    submit.add_argument("payload", metavar="JSON", help="a JSON object, sent as msgpack")
+    submit.add_argument("--version", dest="command_version", type=int, default=1)
+    submit.add_argument("--nats", default="nats://127.0.0.1:4222", metavar="URL")
+    submit.add_argument("--journal", default="default")
+    submit.add_argument("--request-id", default=None)
+    submit.add_argument("--deadline", type=_positive_float("--deadline"), default=10.0)
 
 
 def _configure_logging(console: Console, verbose: bool, quiet: bool) -> None:
@@ -182,13 +235,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_json = getattr(args, "json", False)
     # One console for logs and live views, so they do not tear each other; on stderr when
     # stdout is reserved for JSON.
-    console = Console(stderr=as_json)
+    console = Console(stderr=as_json or args.command in ("run", "server", "submit"))
     _configure_logging(console, args.verbose, quiet=args.command == "bench" or as_json)
-    handler = {"demo": _demo, "bench": _bench, "server": _server}[args.command]
+    from jetstandby import clicommands
+
+    handler = {
+        "demo": _demo,
+        "bench": _bench,
+        "server": _server,
+        "run": clicommands.run,
+        "status": clicommands.status,
+        "promote": clicommands.promote,
+        "submit": clicommands.submit,
+    }[args.command]
     try:
         return asyncio.run(handler(args, console))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except ExitStatus as status:
+        return status.code
     except ConfigError as exc:
         print(f"jetstandby: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE

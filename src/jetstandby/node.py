@@ -60,6 +60,7 @@ class Node:
         self._transitions: list[Transition] = []
         self._lag_ms = 0.0
         self._apply_rate = 0.0
+        self._digest: tuple[int, str] = (-1, "")
         self._last_error: str | None = None
 
     # -- running ----------------------------------------------------------------------------
@@ -88,6 +89,10 @@ class Node:
             if self._primary is not None:
                 await self._primary.aclose()
         return self.role
+
+    async def wait_started(self) -> None:
+        """Return once :meth:`run` has opened the journal stream (promotion can be asked)."""
+        await self._started.wait()
 
     async def _replay_until_promoted(self) -> bool:
         """Replay until a promotion succeeds (True) or replay halts (False)."""
@@ -285,9 +290,19 @@ class Node:
             self.state.epoch,
         )
 
+    def digest(self) -> str:
+        """The engine's state digest (hex), recomputed only when the state has moved."""
+        if self._digest[0] != self.state.last_seq:
+            self._digest = (self.state.last_seq, self.state.engine.digest().hex())
+        return self._digest[1]
+
     def status(self) -> NodeStatus:
         p, primary = self.progress, self._primary
         halted = p.error is not None
+        cursor, latest, caught_up = p.replay_cursor_seq, p.latest_stream_seq, p.caught_up
+        if primary is not None and self.role is Role.PRIMARY:
+            cursor = latest = primary.stored_stream_seq
+            caught_up = True
         ready = (self.role is Role.PRIMARY) or (
             self.role is Role.STANDBY and p.caught_up and not halted
         )
@@ -307,11 +322,13 @@ class Node:
             ready=ready,
             halted=halted,
             commands_replayed=p.commands_replayed,
-            caught_up=p.caught_up,
-            replay_cursor_seq=p.replay_cursor_seq,
+            caught_up=caught_up,
+            replay_cursor_seq=cursor,
             last_replayed_seq=p.last_replayed_seq,
             last_replay_unix_ms=p.last_replay_unix_ms,
-            latest_stream_seq=p.latest_stream_seq,
+            latest_stream_seq=latest,
+            last_applied_seq=self.state.last_seq,
+            state_digest=self.digest(),
             stream_lag=lag,
             lag_ms=round(self._lag_ms, 3) if self.role is Role.STANDBY else 0.0,
             apply_rate=round(self._apply_rate, 1),

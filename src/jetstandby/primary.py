@@ -71,6 +71,10 @@ class PrimaryService:
         self.rejected = 0
         self.deduplicated = 0
 
+    @property
+    def stored_stream_seq(self) -> int:
+        return self._journal.stored.stream_seq
+
     async def start(self) -> None:
         self._replier = asyncio.get_running_loop().create_task(self._send_replies())
         self._sub = await self._nc.subscribe(

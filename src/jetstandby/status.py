@@ -51,6 +51,8 @@ class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
     duplicates_skipped: int
     resubscribes: int
     last_error: str | None
+    last_applied_seq: int = 0
+    state_digest: str = ""
     submissions_acknowledged: int = 0
     submissions_rejected: int = 0
     submissions_deduplicated: int = 0

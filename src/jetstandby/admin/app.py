@@ -53,7 +53,6 @@ class _Handlers:
 
 
 def build_app(control: NodeControl, token: str | None, metrics: Collector) -> web.Application:
-    """The admin application; ``metrics`` is what ``GET /metrics`` exposes."""
     handlers = _Handlers(control, token, metrics)
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     # allow_head=False: HEAD is not in the OpenAPI document, so it gets the documented 405.

@@ -23,7 +23,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def json_response(
     payload: object, *, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> web.Response:
-    """``payload`` (anything msgspec encodes) as an ``application/json`` response."""
     return web.Response(
         body=msgspec.json.encode(payload), status=status, content_type=JSON, headers=headers
     )
@@ -32,7 +31,6 @@ def json_response(
 def json_error(
     status: int, message: str, *, headers: Mapping[str, str] | None = None, **extra: object
 ) -> web.Response:
-    """An error response: ``{"error": message, **extra}``."""
     return json_response({"error": message, **extra}, status=status, headers=headers)
 
 
@@ -45,17 +43,23 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn router errors (404, 405, 413, ...) into JSON and anything unexpected into a 500."""
+    # Router errors (404, 405, 413, ...) become JSON and anything unexpected a logged 500.
+    # Every body is read up front (bounded by the app's client_max_size), so a body that cannot
+    # be decoded is a 400 on any path and aiohttp never meets its error again while draining
+    # it after the response (which it would log as an unhandled exception).
     try:
+        await request.read()
         return await handler(request)
     except web.HTTPException as exc:
         return _from_http_exception(exc)
-    except HttpProcessingError as exc:
-        # A body aiohttp could not decode (bad chunking, a broken Content-Encoding): the
-        # client's fault, reported while the handler reads it.
-        status = exc.code if 400 <= exc.code < 500 else 400
-        logger.info("admin API: unreadable request body: %s", exc.message)
-        return json_error(status, "request body could not be read")
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        # Bad chunking or a broken Content-Encoding: the client's fault. Ending the body here
+        # keeps aiohttp from draining it (and meeting the error again) after the response.
+        logger.info("admin API: unreadable request body: %s", exc)
+        request.content.feed_eof()
+        response = json_error(400, "request body could not be read")
+        response.force_close()
+        return response
     except Exception:
         logger.exception("admin API: unexpected error handling %s %r", request.method, request.path)
         return json_error(500, "internal server error")

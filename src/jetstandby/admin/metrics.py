@@ -7,6 +7,7 @@ document into metric families. Fields that are ``None`` (not known yet) are left
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Final
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -19,10 +20,10 @@ from prometheus_client.registry import Collector
 
 from jetstandby.status import NodeControl, NodeStatus, Role
 
-PREFIX = "jetstandby_"
+PREFIX: Final = "jetstandby_"
 
 # (name without prefix, help, NodeStatus field); CounterMetricFamily appends ``_total``.
-_COUNTERS: tuple[tuple[str, str, str], ...] = (
+_COUNTERS: Final[tuple[tuple[str, str, str], ...]] = (
     ("commands_replayed", "Commands applied by replay.", "commands_replayed"),
     ("duplicates_skipped", "Journal messages skipped as duplicates.", "duplicates_skipped"),
     ("resubscribes", "Times the replay subscription was re-created.", "resubscribes"),
@@ -38,11 +39,11 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
         "submissions_deduplicated",
     ),
 )
-# Gauges also carry a scale into base units (milliseconds -> seconds).
-_GAUGES: tuple[tuple[str, str, str, float], ...] = (
+# Gauges also carry a divisor into base units (milliseconds -> seconds).
+_GAUGES: Final[tuple[tuple[str, str, str, float], ...]] = (
     ("epoch", "Current fencing epoch.", "epoch", 1.0),
     ("stream_lag_commands", "Stream messages not yet replayed.", "stream_lag", 1.0),
-    ("lag_seconds", "Replication lag behind the primary.", "lag_ms", 1e-3),
+    ("lag_seconds", "Replication lag behind the primary.", "lag_ms", 1000.0),
     (
         "apply_rate_commands_per_second",
         "Recent replay apply rate.",
@@ -56,7 +57,7 @@ _GAUGES: tuple[tuple[str, str, str, float], ...] = (
         "last_replay_timestamp_seconds",
         "Unix time at which replay last applied a command.",
         "last_replay_unix_ms",
-        1e-3,
+        1000.0,
     ),
     (
         "catch_up_eta_seconds",
@@ -65,7 +66,7 @@ _GAUGES: tuple[tuple[str, str, str, float], ...] = (
         1.0,
     ),
 )
-_FLAGS: tuple[tuple[str, str, str], ...] = (
+_FLAGS: Final[tuple[tuple[str, str, str], ...]] = (
     ("ready", "1 if the node reports ready.", "ready"),
     ("caught_up", "1 if replay has caught up with the stream.", "caught_up"),
     ("halted", "1 if replay has halted on an error.", "halted"),
@@ -73,8 +74,6 @@ _FLAGS: tuple[tuple[str, str, str], ...] = (
 
 
 class StatusCollector(Collector):
-    """Turns one ``status()`` call per scrape into the ``jetstandby_*`` metric families."""
-
     def __init__(self, control: NodeControl) -> None:
         self._control = control
 
@@ -115,11 +114,11 @@ def _flags(status: NodeStatus) -> Iterator[Metric]:
 
 
 def _gauges(status: NodeStatus) -> Iterator[Metric]:
-    for name, help_text, field, scale in _GAUGES:
+    for name, help_text, field, divisor in _GAUGES:
         family = GaugeMetricFamily(PREFIX + name, help_text)
         value = getattr(status, field)
         if value is not None:
-            family.add_metric([], float(value) * scale)
+            family.add_metric([], float(value) / divisor)
         yield family
 
 
@@ -129,8 +128,7 @@ def _counters(status: NodeStatus) -> Iterator[Metric]:
 
 
 class _Joined(Collector):
-    """Exposes several registries as one, so a scrape yields one exposition document."""
-
+    # Several registries as one, so a scrape yields one exposition document.
     def __init__(self, registries: Iterable[CollectorRegistry]) -> None:
         self._registries = tuple(registries)
 
@@ -140,7 +138,6 @@ class _Joined(Collector):
 
 
 def build_exposition(control: NodeControl, extra: CollectorRegistry | None) -> Collector:
-    """A per-server registry with a :class:`StatusCollector`, joined with ``extra`` if given."""
     own = CollectorRegistry()
     own.register(StatusCollector(control))
     return own if extra is None else _Joined((own, extra))

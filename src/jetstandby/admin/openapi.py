@@ -68,6 +68,7 @@ def _schemas() -> JsonObject:
     schemas["BadRequest"] = _error_schema(field=nullable)
     schemas["Refused"] = _error_schema("reason", reason={"type": "string"})
     schemas["Timeout"] = _error_schema("timeout", timeout={"type": "number"})
+    schemas["Retriable"] = _error_schema("detail", detail={"type": "string"})
     schemas["Readiness"] = {
         "type": "object",
         "required": ["ready", "role", "halted", "caught_up", "last_error"],
@@ -113,6 +114,10 @@ def _promote(auth_required: bool) -> JsonObject:
     responses["409"] = _error("The node refused to promote; `reason` says why.", "Refused")
     responses["413"] = _error("The request body is larger than 64 KiB.")
     responses["500"] = _error(_UNEXPECTED)
+    responses["503"] = _error(
+        "A retriable failure (e.g. the journal did not answer in time); `detail` says which.",
+        "Retriable",
+    )
     responses["504"] = _error(
         "wait=true and the promotion did not complete within `timeout` seconds. The "
         "promotion may still complete: check GET /status.",
@@ -165,7 +170,8 @@ def _paths(auth_required: bool) -> JsonObject:
 _DESCRIPTION: Final = (
     'Admin API of a jetstandby node. Every error response is JSON `{"error": ...}`: '
     "an unknown path gets 404 and a known path with another method gets 405 (with `Allow`), "
-    "both with the `Error` schema."
+    "both with the `Error` schema. On every path, a body that cannot be decoded (a broken "
+    "Content-Encoding or chunking) gets 400 and a body over 64 KiB gets 413."
 )
 
 

@@ -11,7 +11,7 @@ import msgspec
 from aiohttp import web
 
 from jetstandby.admin.http import json_error, json_response
-from jetstandby.errors import PromotionRefused
+from jetstandby.errors import ConfigError, JetstandbyError, PromotionRefused
 from jetstandby.status import NodeControl
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ class PromoteRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 
 def check_bearer(request: web.Request, token: str | None) -> web.Response | None:
-    """``None`` if the request may proceed, else the 401/403 to send."""
     if token is None:
         return None
     scheme, _, presented = request.headers.get("Authorization", "").strip().partition(" ")
@@ -49,7 +48,6 @@ def check_bearer(request: web.Request, token: str | None) -> web.Response | None
 
 
 def parse_promote(body: bytes) -> PromoteRequest | web.Response:
-    """The decoded request, or the 400 naming the offending field."""
     try:
         request = msgspec.json.decode(body.strip() or b"{}", type=PromoteRequest)
     except msgspec.ValidationError as exc:
@@ -70,7 +68,6 @@ def _invalid(message: str) -> web.Response:
 
 
 async def promote(request: web.Request, control: NodeControl, token: str | None) -> web.Response:
-    """Authenticate, validate, log and run one promotion request."""
     refusal = check_bearer(request, token)
     if refusal is not None:
         return refusal
@@ -78,6 +75,10 @@ async def promote(request: web.Request, control: NodeControl, token: str | None)
     if isinstance(parsed, web.Response):
         return parsed
     _log_request(parsed, request.remote)
+    return await _call(control, parsed)
+
+
+async def _call(control: NodeControl, parsed: PromoteRequest) -> web.Response:
     try:
         result = await control.promote(
             force=parsed.force, reason=parsed.reason, wait=parsed.wait, timeout=parsed.timeout
@@ -85,9 +86,16 @@ async def promote(request: web.Request, control: NodeControl, token: str | None)
     except PromotionRefused as exc:
         logger.warning("admin API: promotion refused: %s", exc.reason)
         return json_error(409, "promotion refused", reason=exc.reason)
+    except ConfigError as exc:  # the node's own check of the arguments
+        return json_error(400, exc.problem, field=exc.field)
     except TimeoutError:
         logger.warning("admin API: promotion not complete within %.3f s", parsed.timeout)
         return json_error(504, "promotion did not complete in time", timeout=parsed.timeout)
+    except JetstandbyError as exc:
+        if not exc.retriable:
+            raise  # a bug: the middleware logs it and answers 500
+        logger.warning("admin API: promotion failed, retriable: %s", exc)
+        return json_error(503, "promotion failed; retry later", detail=str(exc))
     logger.info(
         "admin API: promoted role=%s epoch=%d seq=%d took_ms=%.1f forced=%s",
         result.role,
@@ -100,19 +108,13 @@ async def promote(request: web.Request, control: NodeControl, token: str | None)
 
 
 def _log_request(parsed: PromoteRequest, remote: str | None) -> None:
-    if parsed.force:
-        logger.warning(
-            "admin API: FORCED promotion requested from %s: reason=%r wait=%s timeout=%s",
-            remote,
-            parsed.reason,
-            parsed.wait,
-            parsed.timeout,
-        )
-    else:
-        logger.info(
-            "admin API: promotion requested from %s: reason=%r wait=%s timeout=%s",
-            remote,
-            parsed.reason,
-            parsed.wait,
-            parsed.timeout,
-        )
+    # Forced promotions skip the safety checks, so they are loud; the token is never logged.
+    logger.log(
+        logging.WARNING if parsed.force else logging.INFO,
+        "admin API: %s requested from %s: reason=%r wait=%s timeout=%s",
+        "FORCED promotion" if parsed.force else "promotion",
+        remote,
+        parsed.reason,
+        parsed.wait,
+        parsed.timeout,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from enum import Enum
@@ -91,7 +92,8 @@ class AdminServer:
         except socket.gaierror as exc:
             raise ConfigError("host", f"cannot resolve {host!r}: {exc.strerror}") from exc
         except OSError as exc:
-            raise ConfigError("port", f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+            field = "port" if exc.errno in (errno.EADDRINUSE, errno.EACCES) else "host"
+            raise ConfigError(field, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
         self._port = int(runner.addresses[0][1])
 
     async def aclose(self) -> None:

@@ -33,6 +33,11 @@ _STATUS: Final = "Status"
 _DESCRIPTION: Final = "Description"
 _LAST_CONSUMER: Final = "Nats-Last-Consumer"
 _CONSUMER_STALLED: Final = "Nats-Consumer-Stalled"
+#: nats-py hands a backlog to the callback without ever suspending, which would starve the
+#: admin API, heartbeats and PINGs during a catch-up. Every ``CHECK_EVERY`` deliveries the
+#: clock is read, and the feed yields once ``YIELD_AFTER`` seconds have passed since it last did.
+CHECK_EVERY: Final = 16
+YIELD_AFTER: Final = 0.005
 #: A consumer the standby has lost (it crashed, or the link went) is removed after this.
 _INACTIVE_THRESHOLD: Final = 30.0
 
@@ -100,6 +105,8 @@ class FeedSubscription:
         self._closed = False
         self._loop = asyncio.get_running_loop()
         self._heard = True
+        self._since_check = 0
+        self._last_yield = self._loop.time()
         self._sub: NatsSubscription | None = None
         self._consumer: tuple[str, str] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -165,6 +172,12 @@ class FeedSubscription:
                 return
             self._dseq = dseq
             self._on_message(int(tokens[base]), int(tokens[base + 3]), msg.data)
+            self._since_check += 1
+            if self._since_check >= CHECK_EVERY:
+                self._since_check = 0
+                if self._loop.time() - self._last_yield >= YIELD_AFTER:
+                    await asyncio.sleep(0)
+                    self._last_yield = self._loop.time()
         else:
             await self._on_control(msg)
 

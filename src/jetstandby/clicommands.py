@@ -1,0 +1,183 @@
+"""The node-facing commands of the CLI: ``run``, ``status``, ``promote``, ``submit``.
+
+Each returns an exit code from :mod:`jetstandby.cli`; only that module configures logging.
+The admin API is spoken with the standard library's HTTP client, run in a thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+
+from jetstandby import cli, runconfig
+from jetstandby.client import Client
+from jetstandby.errors import ConfigError, SubmitError
+from jetstandby.status import Role
+
+
+async def run(args: argparse.Namespace, console: Console) -> int:
+    flags = {
+        "role": args.role,
+        "engine": args.engine,
+        "nats": args.nats,
+        "admin": args.admin,
+        "node_id": args.node_id,
+        "journal": args.journal,
+        "token_file": args.token_file,
+        "max_promote_lag": args.max_promote_lag,
+        "stay_up": args.stay_up,
+    }
+    config = runconfig.load(file=Path(args.config) if args.config else None, flags=flags)
+    from jetstandby.runner import run_node
+
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, main.cancel)
+
+    def ready(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        role = await run_node(config, on_ready=ready)
+    except asyncio.CancelledError:
+        return cli.EXIT_OK
+    return cli.EXIT_FENCED if role is Role.FENCED else cli.EXIT_OK
+
+
+def _http(method: str, url: str, body: bytes | None, token: str | None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=body, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=330) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        payload = exc.read()
+        try:
+            return exc.code, json.loads(payload)
+        except ValueError:
+            return exc.code, {"error": payload.decode(errors="replace")}
+    except (urllib.error.URLError, OSError) as exc:
+        raise ConfigError("--admin", f"cannot reach {url}: {exc}") from exc
+
+
+async def _get_status(admin: str) -> dict[str, Any]:
+    code, body = await asyncio.to_thread(_http, "GET", admin.rstrip("/") + "/status", None, None)
+    if code != 200:
+        raise ConfigError("--admin", f"GET /status answered {code}: {body}")
+    return dict(body)
+
+
+def _status_table(status: dict[str, Any]) -> Table:
+    table = Table(title=f"node {status['node_id']}: {status['role']} (epoch {status['epoch']})")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for key, value in status.items():
+        if key != "transitions":
+            table.add_row(key, str(value))
+    return table
+
+
+async def status(args: argparse.Namespace, console: Console) -> int:
+    if not args.watch:
+        current = await _get_status(args.admin)
+        if args.json:
+            print(json.dumps(current))
+        else:
+            console.print(_status_table(current))
+        return cli.EXIT_OK
+    bar = Progress(
+        TextColumn("replayed"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}")
+    )
+    task = bar.add_task("replay", total=1)
+    with Live(console=console, refresh_per_second=4) as live:
+        while True:
+            current = await _get_status(args.admin)
+            bar.update(
+                task,
+                completed=current["replay_cursor_seq"] or 0,
+                total=max(current["latest_stream_seq"] or 0, 1),
+            )
+            grid = Table.grid()
+            grid.add_row(_status_table(current))
+            grid.add_row(bar)
+            live.update(grid)
+            await asyncio.sleep(0.5)
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    from jetstandby.admin import load_token
+
+    if args.token_file:
+        return load_token(file=args.token_file)
+    return load_token(env="JETSTANDBY_TOKEN") if os.environ.get("JETSTANDBY_TOKEN") else None
+
+
+async def promote(args: argparse.Namespace, console: Console) -> int:
+    if args.force and not args.reason:
+        raise ConfigError("--reason", "is required with --force")
+    body = json.dumps(
+        {"force": args.force, "reason": args.reason, "wait": args.wait, "timeout": args.timeout}
+    ).encode()
+    url = args.admin.rstrip("/") + "/admin/promote"
+    code, answer = await asyncio.to_thread(_http, "POST", url, body, _token(args))
+    console.print_json(data=answer)
+    if code == 200:
+        return cli.EXIT_OK
+    print(
+        f"jetstandby: promote answered {code}: {answer.get('reason') or answer.get('error')}",
+        file=sys.stderr,
+    )
+    return cli.EXIT_FAILED if code in (409, 504) else cli.EXIT_USAGE
+
+
+async def submit(args: argparse.Namespace, console: Console) -> int:
+    try:
+        fields = json.loads(args.payload)
+    except ValueError as exc:
+        raise ConfigError("JSON", f"not valid JSON: {exc}") from exc
+    async with await Client.connect(args.nats, args.journal) as client:
+        try:
+            out = await client.submit(
+                args.command_type,
+                args.command_version,
+                msgspec.msgpack.encode(fields),
+                request_id=args.request_id,
+                deadline=args.deadline,
+            )
+        except SubmitError as exc:
+            print(f"jetstandby: {exc}", file=sys.stderr)
+            return cli.EXIT_UNAVAILABLE if exc.retriable else cli.EXIT_FAILED
+    try:
+        result: Any = msgspec.msgpack.decode(out.result)
+    except msgspec.DecodeError:
+        result = out.result.hex()
+    print(
+        json.dumps(
+            {
+                "seq": out.seq,
+                "request_id": out.request_id,
+                "deduplicated": out.deduplicated,
+                "result": result,
+            },
+            default=str,
+        )
+    )
+    return cli.EXIT_OK

@@ -1,0 +1,59 @@
+"""``jetstandby run``: one node process, its admin API, and (by default) an embedded server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from jetstandby.admin import AdminServer, AdminSettings, load_token
+from jetstandby.engine import load_engine
+from jetstandby.journal import connect
+from jetstandby.node import Node
+from jetstandby.runconfig import RunConfig
+from jetstandby.server import NatsServer
+from jetstandby.status import Role
+
+logger = logging.getLogger(__name__)
+
+
+async def run_node(config: RunConfig, *, on_ready: Callable[[str], None]) -> Role:
+    """Run until the node is fenced (returns ``Role.FENCED``) or the task is cancelled.
+
+    ``on_ready`` gets one line, ``READY node=... admin=... nats=...``, once the admin API
+    answers. With ``stay_up``, a fenced node keeps its admin API up until cancelled.
+    """
+    host, port = config.admin_address()
+    admin_settings = AdminSettings(
+        host=host, port=port, token=load_token(value=config.token, file=config.token_file)
+    )
+    settings = config.node_settings()
+    engine = load_engine(config.engine)
+    async with contextlib.AsyncExitStack() as stack:
+        url = config.nats
+        if url is None:
+            server = await stack.enter_async_context(NatsServer())
+            url = server.url
+            logger.info("embedded nats-server at %s", url)
+        nc = await connect(url, name=f"jetstandby-{settings.node_id}")
+        stack.push_async_callback(nc.close)
+        node = Node(nc, engine, settings)
+        admin = await stack.enter_async_context(AdminServer(node, admin_settings))
+        task = asyncio.get_running_loop().create_task(node.run(as_primary=config.role == "primary"))
+        try:
+            started = asyncio.get_running_loop().create_task(node.wait_started())
+            await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():  # it failed before it could start
+                started.cancel()
+                return task.result()
+            on_ready(f"READY node={settings.node_id} admin={admin.url} nats={url}")
+            role = await task
+            if role is Role.FENCED and config.stay_up:
+                logger.warning("fenced; staying up as asked (admin API at %s)", admin.url)
+                await asyncio.Event().wait()
+            return role
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
