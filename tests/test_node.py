@@ -159,3 +159,17 @@ async def test_submit_without_a_primary_times_out_as_retriable(nats_server: Nats
 
 
 _ = PromotionRefused
+
+
+async def test_an_idle_primary_does_not_make_a_caught_up_standby_look_late(
+    start: object, nats_server: NatsServer
+) -> None:
+    await start("a", primary=True)  # type: ignore[operator]
+    b = await start("b")  # type: ignore[operator]
+    async with await Client.connect(nats_server.url, "kv") as client:
+        await client.submit("Put", 1, put("k", "v"))
+    await b.node.progress.wait_for(lambda p: p.caught_up and p.last_replayed_seq == 2, timeout=10)
+    await asyncio.sleep(1.0)  # the primary idles; time passes (this is the thing under test)
+    status = b.node.status()
+    assert status.caught_up and status.ready
+    assert status.stream_lag == 0 and status.lag_ms == 0.0 and status.catch_up_eta_s == 0.0

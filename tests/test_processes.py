@@ -166,6 +166,10 @@ async def test_refused_forced_idempotent_promotions_and_auth(
     code, body = await b.http("POST", "/admin/promote", {"force": True})
     assert code == 400 and "reason" in str(body)
 
+    behind = await b.wait_status(lambda s: (s["stream_lag"] or 0) > 100 and s["lag_ms"] > 0)
+    assert not behind["caught_up"] and behind["catch_up_eta_s"] is not None
+    code, body = await b.http("GET", "/readyz")
+    assert code == 503 and body["ready"] is False
     code, body = await b.promote()
     assert code == 409 and "lag" in body["reason"], body
     code, first = await b.promote(force=True, reason="failover drill")

@@ -325,6 +325,10 @@ class _ReplayRun:
             return
         try:
             self._handler.handle_command(command)
+        except ReplayError as exc:  # the handler found a protocol violation (a stale epoch)
+            exc.seq, exc.stream_seq = seq, stream_seq
+            self._halt(exc)
+            return
         except Exception as exc:
             error = HandlerError(
                 f"failed to replay command seq={seq} (stream seq {stream_seq}, "

@@ -1,0 +1,88 @@
+"""`jetstandby run` configuration: flags over JETSTANDBY_* over the TOML file; clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jetstandby.cli import EXIT_USAGE, main
+from jetstandby.errors import ConfigError
+from jetstandby.runconfig import load
+
+
+def test_precedence_flags_then_env_then_file(tmp_path: Path) -> None:
+    file = tmp_path / "node.toml"
+    file.write_text('role = "primary"\njournal = "fromfile"\nmax_promote_lag = 5\nnode_id = "f"\n')
+    env = {"JETSTANDBY_JOURNAL": "fromenv", "JETSTANDBY_MAX_PROMOTE_LAG": "7", "HOME": "/x"}
+    config = load(file=file, env=env, flags={"journal": "fromflag", "node_id": None})
+    assert (config.role, config.journal, config.max_promote_lag, config.node_id) == (
+        "primary",
+        "fromflag",
+        7,
+        "f",
+    )
+    settings = config.node_settings()
+    assert settings.journal.stream == "JSB_FROMFLAG" and settings.max_promote_lag == 7
+
+
+def test_defaults_and_a_random_node_id() -> None:
+    config = load(file=None, env={})
+    assert config.role == "standby" and config.admin_address() == ("127.0.0.1", 7070)
+    first, second = config.node_settings().node_id, config.node_settings().node_id
+    assert first != second  # two nodes never share an id by default
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "field", "needle"),
+    [
+        ("colour = 'red'\n", {}, "colour", "unknown key"),
+        ("role = [\n", {}, "config", "not valid TOML"),
+        ("role = 'leader'\n", {}, "role", "Invalid enum value 'leader'"),
+        (
+            "",
+            {"JETSTANDBY_MAX_PROMOTE_LAG": "lots"},
+            "max_promote_lag",
+            "JETSTANDBY_MAX_PROMOTE_LAG",
+        ),
+        ("", {"JETSTANDBY_COLOUR": "red"}, "JETSTANDBY_COLOUR", "unknown setting"),
+        ("admin = 'nowhere'\n", {}, "admin", "not HOST:PORT"),
+        ("node_id = 'has space'\n", {}, "node_id", "must match"),
+        ("journal = 'Bad.Name'\n", {}, "journal", "must match"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_source(
+    tmp_path: Path, toml: str, env: dict[str, str], field: str, needle: str
+) -> None:
+    file = tmp_path / "node.toml"
+    file.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load(file=file, env=env)
+    assert info.value.field == field
+    assert needle in str(info.value)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read .*missing.toml"):
+        load(file=tmp_path / "missing.toml", env={})
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["run", "--config", "{tmp}/bad.toml"], "colour: unknown key"),
+        (
+            ["run", "--engine", "no.such:Engine", "--token-file", "{tmp}/token"],
+            "engine: cannot import",
+        ),
+        (["run", "--admin", "127.0.0.1:0"], "token"),
+    ],
+)
+def test_run_exits_2_on_bad_configuration(
+    tmp_path: Path, argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "bad.toml").write_text("colour = 'red'\n")
+    (tmp_path / "token").write_text("tok")
+    code = main([arg.replace("{tmp}", str(tmp_path)) for arg in argv])
+    assert code == EXIT_USAGE
+    assert needle in capsys.readouterr().err
