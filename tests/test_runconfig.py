@@ -63,7 +63,7 @@ def test_bad_values_name_the_key_and_the_source(
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read .*missing.toml"):
+    with pytest.raises(ConfigError, match=r"cannot read .*missing\.toml"):
         load(file=tmp_path / "missing.toml", env={})
 
 
