@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -35,7 +37,7 @@ def test_bad_flags_exit_2_naming_the_flag(
 
 
 def test_unreachable_nats_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["demo", "--nats", "nats://127.0.0.1:1", "--duration", "1", "--json"])
+    code = main(["submit", "Put", "{}", "--nats", "nats://127.0.0.1:1"])
     assert code == EXIT_UNAVAILABLE
     assert "no NATS server answered at nats://127.0.0.1:1" in capsys.readouterr().err
 
@@ -50,14 +52,16 @@ def test_module_entry_point_reports_its_version() -> None:
     assert out.stdout.startswith("jetstandby ")
 
 
-async def test_demo_survives_a_server_crash_and_verifies_everything() -> None:
+async def test_demo_fails_over_and_verifies_everything(tmp_path: Path) -> None:
     summary = await run_demo(
-        DemoSettings(duration=2.0, rate=1000, journal="demotest"),
+        DemoSettings(duration=4.0, rate=400, engine="kv", writers=4, report_dir=tmp_path),
         Console(file=io.StringIO()),
     )
-    assert summary["ok"] is True
-    assert summary["server_crashes"] == 1
+    assert summary["ok"] is True, summary
     assert summary["lost"] == 0 and summary["duplicates"] == 0
     assert summary["digest_match"] is True and summary["contiguous"] is True
-    assert summary["acknowledged"] > 1000
-    assert summary["applied_by_standby"] >= summary["acknowledged"]
+    assert summary["failover_ms"] is not None and summary["failover_ms"] > 0
+    assert summary["acknowledged"] > 400
+    report = Path(summary["report"])
+    assert (report / "chart.png").read_bytes().startswith(b"\x89PNG")
+    assert json.loads((report / "summary.json").read_text())["summary"]["lost"] == 0

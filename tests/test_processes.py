@@ -16,10 +16,11 @@ from jetstandby import connect
 from jetstandby.client import Client
 from jetstandby.engines.kv import KeyValueEngine, add
 from jetstandby.errors import SubmitError
+from jetstandby.procs import NodeProcess
 from jetstandby.server import NatsServer
 from jetstandby.state import ReplicatedState
 from jetstandby.wire import Envelope
-from tests.nodeproc import TOKEN, NodeProcess
+from tests.nodeproc import TOKEN, start
 from tests.support import read_journal
 
 
@@ -100,8 +101,8 @@ def fresh_digest(journal: list[tuple[str, Envelope]]) -> str:
 async def test_failover_under_load_loses_and_duplicates_nothing(
     nats_server: NatsServer, nodes: list[NodeProcess], tmp_path: Path
 ) -> None:
-    a = await NodeProcess.start(tmp_path, "a", nats_server.url, role="primary")
-    b = await NodeProcess.start(tmp_path, "b", nats_server.url)
+    a = await start(tmp_path, "a", nats_server.url, role="primary")
+    b = await start(tmp_path, "b", nats_server.url)
     nodes += [a, b]
     async with Load(nats_server.url) as load:
         await load.until(300)
@@ -122,8 +123,8 @@ async def test_failover_under_load_loses_and_duplicates_nothing(
 async def test_zombie_primary_fences_itself_and_its_clients_get_no_acks(
     nats_server: NatsServer, nodes: list[NodeProcess], tmp_path: Path
 ) -> None:
-    a = await NodeProcess.start(tmp_path, "a", nats_server.url, role="primary")
-    b = await NodeProcess.start(tmp_path, "b", nats_server.url)
+    a = await start(tmp_path, "a", nats_server.url, role="primary")
+    b = await start(tmp_path, "b", nats_server.url)
     nodes += [a, b]
     # A stopped zombie still holds its place in the queue group: requests sent to it time
     # out, so keep the clients' per-try timeout short.
@@ -147,11 +148,11 @@ async def test_zombie_primary_fences_itself_and_its_clients_get_no_acks(
 async def test_refused_forced_idempotent_promotions_and_auth(
     nats_server: NatsServer, nodes: list[NodeProcess], tmp_path: Path
 ) -> None:
-    a = await NodeProcess.start(tmp_path, "a", nats_server.url, role="primary")
+    a = await start(tmp_path, "a", nats_server.url, role="primary")
     nodes.append(a)
     async with Load(nats_server.url, writers=8) as load:
         await load.until(1500)
-    b = await NodeProcess.start(
+    b = await start(
         tmp_path,
         "b",
         nats_server.url,

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Final
 
 from rich.console import Console
@@ -73,17 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="journal commands to a hot standby through a nats-server crash, then verify",
-        description="A primary's journal and a standby on an embedded nats-server, which is "
-        "killed with SIGKILL midway and restarted; then every acknowledged command is checked.",
+        help="a matching engine fails over under load without losing an order",
+        description="Starts nats-server, a primary and standbys as processes, drives order-book "
+        "commands, kills the primary with SIGKILL midway, promotes a standby, then verifies "
+        "every acknowledged command and the state digest.",
     )
-    demo.add_argument("--duration", type=_positive_float("--duration"), default=15.0)
+    demo.add_argument("--duration", type=_positive_float("--duration"), default=20.0)
     demo.add_argument(
-        "--rate", type=_positive_float("--rate"), default=2000.0, help="commands/s; 0 = max"
+        "--rate", type=_positive_float("--rate"), default=1000.0, help="commands/s; 0 = max"
     )
-    demo.add_argument("--nats", metavar="URL", help="use this server instead of an embedded one")
-    demo.add_argument("--journal", default="demo", help="journal name (a fresh one)")
-    demo.add_argument("--no-crash", action="store_true", help="do not kill the server midway")
+    demo.add_argument("--standbys", type=_count("--standbys"), default=1)
+    demo.add_argument("--cluster", type=int, choices=[1, 3], default=1, help="3: an R3 cluster")
+    demo.add_argument("--engine", default="orderbook", help="orderbook or kv")
+    demo.add_argument("--report-dir", default="reports", help="where summary.json and chart.png go")
+    demo.add_argument("--no-report", action="store_true")
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
     bench = commands.add_parser("bench", help="benchmarks against same-run baselines")
@@ -100,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     journal.add_argument("--json", action="store_true")
 
     _add_node_commands(commands)
+
+    engine = which.add_parser("engine", help="order-book apply-only throughput, realistic mix")
+    engine.add_argument("--count", type=_count("--count"), default=200_000)
+    engine.add_argument("--runs", type=_count("--runs"), default=3)
+    engine.add_argument("--json", action="store_true")
 
     server = commands.add_parser("server", help="run an embedded nats-server in the foreground")
     server.add_argument("--port", type=int, default=None)
@@ -170,9 +179,10 @@ async def _demo(args: argparse.Namespace, console: Console) -> int:
     settings = DemoSettings(
         duration=args.duration,
         rate=args.rate,
-        nats=args.nats,
-        crash_server=not args.no_crash,
-        journal=args.journal,
+        standbys=args.standbys,
+        cluster=args.cluster,
+        engine=args.engine,
+        report_dir=None if args.no_report else Path(args.report_dir),
     )
     summary = await run_demo(settings, console)
     if args.json:
@@ -198,6 +208,11 @@ async def _bench(args: argparse.Namespace, console: Console) -> int:
         result = await run_replay(
             ReplayBench(args.count, args.seed_count, args.runs, as_json=args.json)
         )
+    elif args.bench == "engine":
+        from jetstandby_bench.engine import EngineBench
+        from jetstandby_bench.engine import run as run_engine
+
+        result = await run_engine(EngineBench(args.count, args.runs, as_json=args.json))
     else:
         from jetstandby_bench.journal import JournalBench
         from jetstandby_bench.journal import run as run_journal
@@ -210,7 +225,6 @@ async def _bench(args: argparse.Namespace, console: Console) -> int:
 
 
 async def _server(args: argparse.Namespace, console: Console) -> int:
-    from pathlib import Path
 
     from jetstandby.server import NatsServer
 

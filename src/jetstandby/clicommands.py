@@ -12,8 +12,6 @@ import json
 import os
 import signal
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -61,20 +59,11 @@ async def run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _http(method: str, url: str, body: bytes | None, token: str | None) -> tuple[int, Any]:
-    request = urllib.request.Request(url, data=body, method=method)
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+    from jetstandby.procs import http_json
+
     try:
-        with urllib.request.urlopen(request, timeout=330) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        payload = exc.read()
-        try:
-            return exc.code, json.loads(payload)
-        except ValueError:
-            return exc.code, {"error": payload.decode(errors="replace")}
-    except (urllib.error.URLError, OSError) as exc:
+        return http_json(method, url, None if body is None else json.loads(body), token)
+    except OSError as exc:
         raise ConfigError("--admin", f"cannot reach {url}: {exc}") from exc
 
 

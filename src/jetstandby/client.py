@@ -36,14 +36,19 @@ class SubmitResult:
 
 class Client:
     """Submits commands to the primary of ``journal``. Build with :meth:`connect`, or pass a
-    connection you own."""
+    connection you own.
+
+    ``request_timeout`` bounds one try: a request caught by a primary that dies waits this
+    long before it is retried, so it sets the floor of the failover time a client sees.
+    Retrying a slow but live primary is safe (the request id is deduplicated).
+    """
 
     def __init__(
         self,
         nc: NatsClient,
         journal: str = "default",
         *,
-        request_timeout: float = 2.0,
+        request_timeout: float = 0.5,
         min_backoff: float = 0.02,
         max_backoff: float = 0.5,
     ) -> None:

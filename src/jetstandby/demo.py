@@ -1,213 +1,310 @@
-"""``jetstandby demo``: a primary's journal and a hot standby, through a nats-server crash.
+"""``jetstandby demo``: a matching engine fails over without losing an order.
 
-The primary side journals commands at a steady rate; a standby replays them into a digest.
-Midway the embedded nats-server is killed with SIGKILL and restarted on the same store. At the
-end the standby is promoted and checked against an independent read of the whole journal:
-every acknowledged command applied exactly once, and the same digest.
+An embedded nats-server (or a 3-node cluster), a primary and standbys as separate OS
+processes, and clients submitting order-book commands through the client library. Midway the
+primary is killed with SIGKILL and the first standby is promoted through its admin API; the
+clients retry and carry on. At the end every acknowledged command is checked against the
+journal (applied exactly once) and the new primary's digest against an independent replay.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
-import time
+import contextlib
+import itertools
+import secrets
+import signal
+import statistics
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from jetstandby import wire
-from jetstandby.config import JournalSettings, ReplaySettings
-from jetstandby.errors import FencedError, JournalError, JournalUnavailable
-from jetstandby.journal import CommandJournal, JetStreamFeed, Position, connect, ensure_stream
-from jetstandby.replay import ReplayProgress, promote_channel, run_replay_loop
-from jetstandby.server import NatsServer
+from jetstandby.client import Client
+from jetstandby.engine import load_engine
+from jetstandby.errors import ConfigError, SubmitError
+from jetstandby.journal import connect
+from jetstandby.procs import NodeProcess
+from jetstandby.server import NatsCluster, NatsServer
+from jetstandby.state import ReplicatedState
+from jetstandby.wire import Envelope, journal_subject, stream_name
+
+JOURNAL = "demo"
 
 
 @dataclass(frozen=True, kw_only=True)
 class DemoSettings:
-    duration: float = 15.0
-    rate: float = 2000.0
-    nats: str | None = None
-    crash_server: bool = True
-    journal: str = "demo"
+    duration: float = 20.0
+    rate: float = 1000.0  # commands/s over all writers; 0 = as fast as they go
+    standbys: int = 1
+    cluster: int = 1
+    engine: str = "orderbook"
+    writers: int = 8
+    kill_at: float = 0.4  # fraction of the duration
+    report_dir: Path | None = Path("reports")
 
-
-class DigestEngine:
-    """The standby's engine for the demo: a running digest of every command it applies."""
-
-    def __init__(self) -> None:
-        self.hash = hashlib.sha256()
-        self.applied: Counter[int] = Counter()
-        self.last_seq = 0
-
-    def handle_command(self, command: wire.Envelope) -> None:
-        self.applied[command.seq] += 1
-        self.last_seq = command.seq
-        self.hash.update(command.seq.to_bytes(8, "big"))
-        self.hash.update(command.payload)
+    def __post_init__(self) -> None:
+        if self.duration <= 0:
+            raise ConfigError("--duration", "must be > 0")
+        if self.standbys < 1:
+            raise ConfigError("--standbys", "the demo promotes a standby: at least 1")
+        if self.cluster not in (1, 3):
+            raise ConfigError("--cluster", "1 (one server) or 3 (an R3 cluster)")
 
 
 @dataclass
-class Stats:
-    appended: int = 0
-    acknowledged: int = 0
-    unavailable: int = 0
-    acked_seqs: set[int] = field(default_factory=set)
-    crashes: int = 0
-    events: list[str] = field(default_factory=list)
+class Run:
+    """What the demo saw, in monotonic seconds since it started."""
+
+    acked: dict[str, tuple[int, float]] = field(default_factory=dict)  # rid -> (seq, t)
+    failed: set[str] = field(default_factory=set)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    events: list[tuple[float, str]] = field(default_factory=list)
+    t_kill: float | None = None
+    t_promoted: float | None = None
+    marker_seq: int | None = None
+    phase: str = "starting"
 
 
-def payload(seq: int) -> bytes:
-    return f"set k{seq % 997}={seq * 7919 % 1_000_003}".encode()
+def commands(engine: str) -> Iterator[tuple[str, int, bytes]]:
+    if engine == "orderbook":
+        from jetstandby.engines.orderbook import generate
+
+        return generate(seed=7, count=100_000_000)
+    from jetstandby.engines.kv import add
+
+    return (("Add", 1, add(f"k{i % 97}", 1)) for i in itertools.count())
 
 
-async def primary(journal: CommandJournal, stats: Stats, settings: DemoSettings) -> None:
-    """Append at ``rate`` per second for ``duration`` seconds; count acknowledgements."""
+async def write(
+    client: Client,
+    source: Iterator[tuple[int, tuple[str, int, bytes]]],
+    run: Run,
+    settings: DemoSettings,
+    start: float,
+    stop: asyncio.Event,
+) -> None:
     loop = asyncio.get_running_loop()
-    start = loop.time()
-    interval = 1.0 / settings.rate if settings.rate > 0 else 0.0
-    pending: set[asyncio.Future[Any]] = set()
-
-    def done(seq: int, future: asyncio.Future[Any]) -> None:
-        pending.discard(future)
-        if future.cancelled():
+    for i, (ctype, version, payload) in source:
+        if stop.is_set():
             return
-        if future.exception() is None:
-            stats.acknowledged += 1
-            stats.acked_seqs.add(seq)
-        elif isinstance(future.exception(), JournalUnavailable):
-            stats.unavailable += 1
-
-    while loop.time() - start < settings.duration:
-        seq = journal.next_seq
-        command = wire.Envelope(1, seq, journal.epoch, time.time_ns(), "Set", 1, payload(seq))
+        if settings.rate:
+            await asyncio.sleep(max(0.0, start + i / settings.rate - loop.time()))
+        rid = f"d{i}"
         try:
-            future = await journal.append(command)
-        except JournalUnavailable:
-            stats.unavailable += 1
+            out = await client.submit(ctype, version, payload, request_id=rid, deadline=30)
+        except SubmitError:
+            run.failed.add(rid)
             continue
-        stats.appended += 1
-        pending.add(future)
-        future.add_done_callback(functools.partial(done, seq))
-        if interval:
-            await asyncio.sleep(max(0.0, start + stats.appended * interval - loop.time()))
-    while pending:
-        await asyncio.wait(set(pending))
+        run.acked[rid] = (out.seq, loop.time() - start)
 
 
-async def crash_server(server: NatsServer, stats: Stats, at: float) -> None:
-    await asyncio.sleep(at)
-    stats.events.append(f"{time.strftime('%X')} SIGKILL nats-server (pid {server.pid})")
-    await server.stop(kill=True)
-    await server.start()
-    stats.crashes += 1
-    stats.events.append(f"{time.strftime('%X')} nats-server restarted on the same store")
+async def sample(nodes: list[NodeProcess], run: Run, start: float, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    last = 0
+    while not stop.is_set():
+        await asyncio.sleep(0.25)
+        row: dict[str, Any] = {"t": round(loop.time() - start, 3), "acked": len(run.acked)}
+        row["rate"] = (len(run.acked) - last) * 4
+        last = len(run.acked)
+        for node in nodes:
+            if node.proc.returncode is None:
+                with contextlib.suppress(Exception):
+                    status = await node.status()
+                    if status["role"] == "standby":
+                        row.setdefault("lag_ms", status["lag_ms"])
+                        row.setdefault("apply_delay_ms", status["last_apply_delay_ms"])
+                        row.setdefault("lag_commands", status["stream_lag"] or 0)
+                        row.setdefault("caught_up", status["caught_up"])
+        run.timeline.append(row)
 
 
-def view(stats: Stats, progress: ReplayProgress, started: float) -> Group:
-    elapsed = max(time.monotonic() - started, 1e-9)
-    table = Table(title="jetstandby demo: primary journal → JetStream → hot standby")
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    lag_ms = 0.0
-    if progress.stream_lag and progress.last_timestamp_ns:
-        lag_ms = max(0.0, (time.time_ns() - progress.last_timestamp_ns) / 1e6)
+async def fail_over(primary: NodeProcess, standby: NodeProcess, run: Run, start: float) -> None:
+    loop = asyncio.get_running_loop()
+    run.phase = "load on the primary"
+    primary.signal(signal.SIGKILL)
+    run.t_kill = loop.time() - start
+    run.events.append((run.t_kill, f"SIGKILL primary {primary.node_id}"))
+    run.phase = "primary killed; promoting"
+    code, result = await standby.promote()
+    if code != 200:
+        raise ConfigError("promote", f"the standby refused promotion ({code}): {result}")
+    run.t_promoted = loop.time() - start
+    run.marker_seq = int(result["seq"])
+    run.events.append(
+        (
+            run.t_promoted,
+            f"promoted {standby.node_id}: epoch {result['epoch']}, took {result['took_ms']:.1f} ms",
+        )
+    )
+    run.phase = f"load on the new primary {standby.node_id}"
+
+
+def view(run: Run, settings: DemoSettings, elapsed: float) -> Group:
+    table = Table(title=f"jetstandby demo: {settings.engine} engine, primary → standby failover")
+    table.add_column("")
+    table.add_column("", justify="right")
+    latest = run.timeline[-1] if run.timeline else {}
     rows = [
-        ("elapsed", f"{elapsed:.1f} s"),
-        ("appended", f"{stats.appended:,}"),
-        ("acknowledged", f"{stats.acknowledged:,}  ({stats.acknowledged / elapsed:,.0f}/s)"),
-        ("unacknowledged within bound (retried)", f"{stats.unavailable:,}"),
-        ("standby replayed", f"{progress.commands_replayed:,}"),
-        ("standby lag", f"{progress.stream_lag or 0:,} commands, ~{lag_ms:.0f} ms"),
-        ("standby caught up", "yes" if progress.caught_up else "no"),
-        ("standby re-subscribes", f"{progress.resubscribes}"),
-        ("nats-server crashes", f"{stats.crashes}"),
+        ("elapsed", f"{elapsed:5.1f} / {settings.duration:.0f} s"),
+        ("phase", run.phase),
+        ("submit rate (acks/s)", f"{latest.get('rate', 0):,}"),
+        ("acknowledged", f"{len(run.acked):,}"),
+        ("failed after retries", f"{len(run.failed):,}"),
+        (
+            "standby lag",
+            f"{latest.get('lag_commands', 0):,} commands, {latest.get('lag_ms', 0.0):.1f} ms",
+        ),
+        ("standby caught up", "yes" if latest.get("caught_up") else "no"),
     ]
     for name, value in rows:
         table.add_row(name, value)
-    return Group(table, *stats.events[-4:], "")
+    return Group(table, *(f"{t:6.2f}s  {text}" for t, text in run.events[-4:]), "")
 
 
-async def read_journal(url: str, settings: JournalSettings) -> DigestEngine:
-    """An independent from-scratch replay of the whole journal."""
+async def verify(
+    url: str, new_primary: NodeProcess, others: list[NodeProcess], run: Run, engine: str
+) -> dict[str, Any]:
     nc = await connect(url)
-    feed = await JetStreamFeed.open(nc, settings)
-    engine, progress = DigestEngine(), ReplayProgress()
-    sender, signal = promote_channel()
-    task = asyncio.create_task(run_replay_loop(feed, engine, progress, signal))
-    tail = await feed.last_stream_seq()
-    await progress.wait_for(lambda p: (p.replay_cursor_seq or 0) >= tail, timeout=60)
-    sender.promote()
-    await task
-    await nc.close()
-    return engine
+    try:
+        journal = await read_all(nc)
+    finally:
+        await nc.close()
+    applied = Counter(env.request_id for env in journal if env.request_id)
+    by_seq = {env.seq: env.request_id for env in journal}
+    lost = [rid for rid, (seq, _) in run.acked.items() if by_seq.get(seq) != rid]
+    duplicates = [rid for rid, n in applied.items() if n > 1]
+    state = ReplicatedState(load_engine(engine))
+    for envelope in journal:
+        state.apply(envelope)
+    fresh = state.engine.digest().hex()
+    digests = []
+    for node in [new_primary, *others]:
+        status = await node.wait_status(lambda s: s["last_applied_seq"] >= len(journal), 60)
+        digests.append(status["state_digest"])
+    return {
+        "journal_commands": len(journal),
+        "lost": len(lost),
+        "duplicates": len(duplicates),
+        "digest_match": all(d == fresh for d in digests),
+        "digest": fresh[:16],
+        "contiguous": [e.seq for e in journal] == list(range(1, len(journal) + 1)),
+    }
+
+
+async def read_all(nc: Any) -> list[Envelope]:
+    from jetstandby import wire
+
+    js = nc.jetstream()
+    count = (await js.stream_info(stream_name(JOURNAL))).state.messages
+    sub = await js.subscribe(journal_subject(JOURNAL), ordered_consumer=True)
+    try:
+        return [wire.decode((await sub.next_msg(timeout=10)).data) for _ in range(count)]
+    finally:
+        await sub.unsubscribe()
+
+
+def summarize(run: Run, checks: dict[str, Any], settings: DemoSettings) -> dict[str, Any]:
+    # Replication lag: how long after the primary stamped a command the standby applied it,
+    # sampled on the most recent command every 250 ms (one machine, one clock).
+    lags = [
+        row["apply_delay_ms"]
+        for row in run.timeline
+        if row.get("apply_delay_ms") is not None and (run.t_kill is None or row["t"] < run.t_kill)
+    ]
+    first_new = min(
+        (t for seq, t in run.acked.values() if run.marker_seq is not None and seq > run.marker_seq),
+        default=None,
+    )
+    failover = None if first_new is None or run.t_kill is None else (first_new - run.t_kill) * 1000
+    quantile = (
+        (lambda q: round(statistics.quantiles(lags, n=100)[q - 1], 2))
+        if len(lags) > 1
+        else (lambda q: float(lags[0]) if lags else 0.0)
+    )
+    summary = {
+        "acknowledged": len(run.acked),
+        "failed_after_retries": len(run.failed),
+        "throughput": round(len(run.acked) / settings.duration, 1),
+        "lag_p50_ms": quantile(50),
+        "lag_p99_ms": quantile(99),
+        "failover_ms": None if failover is None else round(failover, 1),
+        "promote_at_s": run.t_promoted,
+        **checks,
+    }
+    summary["ok"] = (
+        summary["lost"] == 0
+        and summary["duplicates"] == 0
+        and summary["digest_match"]
+        and summary["contiguous"]
+        and failover is not None
+    )
+    return summary
 
 
 async def run_demo(settings: DemoSettings, console: Console) -> dict[str, Any]:
-    """Run the story and return the summary; ``ok`` is False if any check failed."""
-    server = None if settings.nats else NatsServer()
-    if server is not None:
-        await server.start()
-    url = settings.nats or server.url  # type: ignore[union-attr]
-    journal_settings = JournalSettings(journal=settings.journal, unavailable_after=5.0)
-    replay_settings = ReplaySettings(resubscribe_delay=0.2, resubscribe_failure_delay=0.5)
-    try:
-        primary_nc, standby_nc = await connect(url), await connect(url)
-        await ensure_stream(primary_nc, journal_settings)
-        if await JetStreamFeed(primary_nc, journal_settings).last_stream_seq() > 0:
-            raise JournalError(
-                f"journal {settings.journal!r} is not empty on {url}: pass a fresh --journal name"
+    """Run the whole story; returns the summary (``ok`` is False if any check failed)."""
+    token = secrets.token_urlsafe(24)
+    run = Run()
+    async with contextlib.AsyncExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jsb-demo-")))
+        servers: NatsServer | NatsCluster = NatsCluster() if settings.cluster == 3 else NatsServer()
+        await stack.enter_async_context(servers)
+        url = servers.url
+        env = {"JETSTANDBY_REPLICAS": str(settings.cluster)}
+
+        async def node(node_id: str, role: str) -> NodeProcess:
+            process = await NodeProcess.start(
+                workdir,
+                node_id,
+                url,
+                token=token,
+                journal=JOURNAL,
+                role=role,
+                engine=settings.engine,
+                env=env,
             )
-        journal = await CommandJournal.open(primary_nc, journal_settings, epoch=1, after=Position())
-        feed = JetStreamFeed(standby_nc, journal_settings, replay_settings)
-        engine, progress, stats = DigestEngine(), ReplayProgress(), Stats()
-        sender, signal = promote_channel()
-        started = time.monotonic()
-        standby = asyncio.create_task(
-            run_replay_loop(feed, engine, progress, signal, settings=replay_settings)
-        )
-        tasks = [asyncio.create_task(primary(journal, stats, settings))]
-        if server is not None and settings.crash_server:
-            tasks.append(asyncio.create_task(crash_server(server, stats, settings.duration * 0.4)))
-        with Live(view(stats, progress, started), console=console, refresh_per_second=8) as live:
-            while not tasks[0].done():
-                live.update(view(stats, progress, started))
-                await asyncio.wait(tasks, timeout=0.125, return_when=asyncio.FIRST_COMPLETED)
+            stack.push_async_callback(process.close)
+            return process
+
+        primary = await node("primary", "primary")
+        standbys = [await node(f"standby{i + 1}", "standby") for i in range(settings.standbys)]
+        clients = [
+            await stack.enter_async_context(await Client.connect(url, JOURNAL))
+            for _ in range(settings.writers)
+        ]
+        loop = asyncio.get_running_loop()
+        start, stop = loop.time(), asyncio.Event()
+        source = enumerate(commands(settings.engine))
+        tasks = [asyncio.create_task(write(c, source, run, settings, start, stop)) for c in clients]
+        tasks.append(asyncio.create_task(sample([primary, *standbys], run, start, stop)))
+        run.phase = "load on the primary"
+        with Live(view(run, settings, 0), console=console, refresh_per_second=4) as live:
+
+            async def tick_until(t: float) -> None:
+                while (now := loop.time() - start) < t:
+                    live.update(view(run, settings, now))
+                    await asyncio.sleep(0.25)
+
+            await tick_until(settings.duration * settings.kill_at)
+            await fail_over(primary, standbys[0], run, start)
+            await tick_until(settings.duration)
+            stop.set()
+            run.phase = "stopping the clients; verifying"
             await asyncio.gather(*tasks)
-            await journal.aclose()  # nothing more is resent; the stream's tail is final
-            tail = await feed.last_stream_seq()
-            await progress.wait_for(lambda p: (p.replay_cursor_seq or 0) >= tail, timeout=60)
-            live.update(view(stats, progress, started))
-        elapsed = time.monotonic() - started
-        sender.promote()
-        await standby
-        independent = await read_journal(url, journal_settings)
-        await primary_nc.close()
-        await standby_nc.close()
-    except FencedError as exc:
-        raise JournalError(f"demo journal was fenced unexpectedly: {exc}") from exc
-    finally:
-        if server is not None:
-            await server.aclose()
-    lost = sorted(s for s in stats.acked_seqs if engine.applied[s] == 0)
-    duplicates = sorted(s for s, n in engine.applied.items() if n > 1)
-    digest_match = engine.hash.digest() == independent.hash.digest()
-    contiguous = sorted(engine.applied) == list(range(1, engine.last_seq + 1))
-    return {
-        "ok": not lost and not duplicates and digest_match and contiguous,
-        "acknowledged": stats.acknowledged,
-        "applied_by_standby": len(engine.applied),
-        "lost": len(lost),
-        "duplicates": len(duplicates),
-        "contiguous": contiguous,
-        "digest_match": digest_match,
-        "throughput": round(stats.acknowledged / elapsed, 1),
-        "server_crashes": stats.crashes,
-        "standby_resubscribes": progress.resubscribes,
-        "digest": engine.hash.hexdigest()[:16],
-    }
+            live.update(view(run, settings, loop.time() - start))
+        checks = await verify(url, standbys[0], standbys[1:], run, settings.engine)
+    summary = summarize(run, checks, settings)
+    if settings.report_dir is not None:
+        from jetstandby.demo_report import write_report
+
+        summary["report"] = str(
+            write_report(settings.report_dir, summary, run.timeline, run.events)
+        )
+    return summary

@@ -328,6 +328,7 @@ class Node:
             last_replay_unix_ms=p.last_replay_unix_ms,
             latest_stream_seq=latest,
             last_applied_seq=self.state.last_seq,
+            last_apply_delay_ms=self._apply_delay_ms(),
             state_digest=self.digest(),
             stream_lag=lag,
             lag_ms=round(self._lag_ms, 3) if self.role is Role.STANDBY else 0.0,
@@ -341,6 +342,12 @@ class Node:
             submissions_deduplicated=primary.deduplicated if primary else 0,
             transitions=list(self._transitions),
         )
+
+    def _apply_delay_ms(self) -> float | None:
+        p = self.progress
+        if self.role is not Role.STANDBY or not p.last_replay_unix_ms or not p.last_timestamp_ns:
+            return None
+        return round(max(0.0, p.last_replay_unix_ms - p.last_timestamp_ns / 1e6), 3)
 
     async def _tick(self) -> None:
         """Apply rate and time lag: the age of the oldest command not yet applied."""

@@ -52,6 +52,8 @@ class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
     resubscribes: int
     last_error: str | None
     last_applied_seq: int = 0
+    #: How long after the primary stamped the last applied command this node applied it.
+    last_apply_delay_ms: float | None = None
     state_digest: str = ""
     submissions_acknowledged: int = 0
     submissions_rejected: int = 0
