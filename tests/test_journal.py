@@ -160,7 +160,10 @@ async def test_unacknowledged_append_surfaces_unavailable_then_still_lands(
     future = await journal.append(envelope(2))
     with pytest.raises(JournalUnavailable, match="outcome is unknown"):
         await future
+    stored = journal.when_stored(2)
+    assert not stored.done()
     await nats_server.start()
+    assert (await stored).seq >= 2  # the journal kept resending; now it is known stored
     ack = await journal.append_and_wait(envelope(3))  # the journal kept resending seq 2
     assert (ack.seq, ack.stream_seq) == (3, 3)
     assert await stored_ids(nc, settings) == ["1-1", "1-2", "1-3"]

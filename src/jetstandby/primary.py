@@ -30,7 +30,7 @@ from jetstandby.errors import (
     JournalUnavailable,
     UnsupportedCommand,
 )
-from jetstandby.journal import Ack, CommandJournal
+from jetstandby.journal import Ack, CommandJournal, Position
 from jetstandby.journal.stream import NatsClient
 from jetstandby.state import Applied, ReplicatedState
 from jetstandby.submission import Code, SubmitReply
@@ -62,7 +62,6 @@ class PrimaryService:
         self._journal = journal
         self._on_lost = on_lost
         self._lost: JetstandbyError | None = None
-        self._inflight: dict[int, asyncio.Future[Ack]] = {}
         self._replies: collections.deque[tuple[str, bytes]] = collections.deque()
         self._reply_wanted = asyncio.Event()
         self._sub: Subscription | None = None
@@ -160,28 +159,19 @@ class PrimaryService:
             self._lose(exc)
             self._reject(reply, Code.FENCED, str(exc))
             return
-        self._inflight[envelope.seq] = future
         future.add_done_callback(
-            functools.partial(
-                self._on_journaled, reply, Applied(envelope.seq, result or b""), False
-            )
+            functools.partial(self._on_journaled, reply, Applied(envelope.seq, result or b""))
         )
 
     def _answer_again(self, reply: str, applied: Applied) -> None:
+        """A request id applied before: its original outcome, once that command is stored
+        (at once if it is; else when the journal confirms it, even after its own append
+        reported an unknown outcome)."""
         self.deduplicated += 1
-        pending = self._inflight.get(applied.seq)
-        if pending is None:
-            self._queue(
-                reply,
-                SubmitReply(ok=True, seq=applied.seq, result=applied.result, deduplicated=True),
-            )
-        else:  # applied, not yet acknowledged: answer when it is
-            pending.add_done_callback(functools.partial(self._on_journaled, reply, applied, True))
+        stored = self._journal.when_stored(applied.seq)
+        stored.add_done_callback(functools.partial(self._on_stored_again, reply, applied))
 
-    def _on_journaled(
-        self, reply: str, applied: Applied, deduplicated: bool, future: asyncio.Future[Ack]
-    ) -> None:
-        self._inflight.pop(applied.seq, None)
+    def _on_journaled(self, reply: str, applied: Applied, future: asyncio.Future[Ack]) -> None:
         exc = None if future.cancelled() else future.exception()
         if future.cancelled() or isinstance(exc, JournalUnavailable):
             self._reject(
@@ -195,14 +185,20 @@ class PrimaryService:
             code = Code.FENCED if isinstance(exc, FencedError) else Code.UNAVAILABLE
             self._reject(reply, code, f"command seq {applied.seq} was not journaled: {exc}")
         else:
-            if not deduplicated:
-                self.acknowledged += 1
+            self.acknowledged += 1
+            self._queue(reply, SubmitReply(ok=True, seq=applied.seq, result=applied.result))
+
+    def _on_stored_again(
+        self, reply: str, applied: Applied, future: asyncio.Future[Position]
+    ) -> None:
+        exc = None if future.cancelled() else future.exception()
+        if exc is None and not future.cancelled():
             self._queue(
                 reply,
-                SubmitReply(
-                    ok=True, seq=applied.seq, result=applied.result, deduplicated=deduplicated
-                ),
+                SubmitReply(ok=True, seq=applied.seq, result=applied.result, deduplicated=True),
             )
+        else:
+            self._reject(reply, Code.UNAVAILABLE, f"command seq {applied.seq} is not stored: {exc}")
 
     # -- replies and loss ---------------------------------------------------------------
 

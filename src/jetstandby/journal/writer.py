@@ -109,6 +109,7 @@ class CommandJournal:
         self._resyncing = False
         self._last_progress = time.monotonic()
         self._flush_wanted = asyncio.Event()
+        self._stored_waiters: list[tuple[int, asyncio.Future[Position]]] = []
         self._inbox = nc.new_inbox()
         self._sub: NatsSubscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -182,6 +183,19 @@ class CommandJournal:
         self._pending[envelope.seq] = _Pending(envelope.seq, body, future, time.monotonic())
         self._next_seq = envelope.seq + 1
         self._flush_wanted.set()
+        return future
+
+    def when_stored(self, seq: int) -> asyncio.Future[Position]:
+        """A future that resolves once JetStream holds command ``seq`` (even if that append's
+        own future already failed with :class:`JournalUnavailable`), or fails with the
+        journal's error if it is fenced, failed or closed first."""
+        future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
+        if seq <= self._stored.seq:
+            future.set_result(self._stored)
+        elif self._error is not None:
+            future.set_exception(self._error)
+        else:
+            self._stored_waiters.append((seq, future))
         return future
 
     async def wait_for_room(self) -> None:
@@ -338,6 +352,8 @@ class CommandJournal:
         """JetStream holds ``seq`` at ``stream_seq``; by the chain, it holds all before it too."""
         if seq > self._stored.seq:
             self._stored = Position(seq, stream_seq, wire.msg_id(self._epoch, seq))
+            if self._stored_waiters:
+                self._wake_stored_waiters()
         self._last_progress = time.monotonic()
         pending = self._pending
         while pending:
@@ -481,7 +497,20 @@ class CommandJournal:
             self._error = error
         self._fail_pending(self._error)
 
+    def _wake_stored_waiters(self, error: JournalError | None = None) -> None:
+        waiting, self._stored_waiters = self._stored_waiters, []
+        for seq, future in waiting:
+            if future.done():
+                continue
+            if seq <= self._stored.seq:
+                future.set_result(self._stored)
+            elif error is not None:
+                future.set_exception(error)
+            else:
+                self._stored_waiters.append((seq, future))
+
     def _fail_pending(self, error: JournalError) -> None:
+        self._wake_stored_waiters(error)
         pending, self._pending = self._pending, {}
         for entry in pending.values():
             self._release_slot()
