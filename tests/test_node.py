@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
-from jetstandby import connect
+from jetstandby import connect, ensure_stream
 from jetstandby.client import Client
 from jetstandby.config import JournalSettings, NodeSettings, ReplaySettings
 from jetstandby.engines.kv import KeyValueEngine, add, put
 from jetstandby.errors import ConfigError, PromotionRefused, SubmitError
+from jetstandby.journal.stream import close_quietly
 from jetstandby.node import Node
 from jetstandby.server import NatsServer
 from jetstandby.status import Role
@@ -62,7 +63,7 @@ async def start(nats_server: NatsServer) -> AsyncIterator[object]:
         with __import__("contextlib").suppress(BaseException):
             await r.task
     for nc in connections:
-        await nc.close()
+        await close_quietly(nc)
 
 
 async def test_primary_serves_and_standby_follows_then_takes_over(
@@ -128,12 +129,54 @@ async def test_deposed_primary_fences_on_its_next_append(
     ]
 
 
-async def test_bad_promotions_are_refused_with_reasons(start: object) -> None:
+async def test_forced_promotion_needs_a_reason_and_concurrent_requests_join(start: object) -> None:
     b = await start("b", max_promote_lag=0)  # type: ignore[operator]
     with pytest.raises(ConfigError, match="reason"):
         await b.node.promote(force=True, reason="  ")
-    result = await b.node.promote(force=True, reason="drill", timeout=10)
-    assert result.forced and result.epoch == 1
+    first, second = await asyncio.gather(
+        b.node.promote(force=True, reason="drill", timeout=10),
+        b.node.promote(force=True, reason="drill", timeout=10),
+    )
+    assert first.forced and first.epoch == second.epoch == 1 and first.seq == second.seq == 1
+    assert second.already_promoted or first.already_promoted or first == second
+
+
+async def test_a_halted_standby_refuses_even_forced_promotion(
+    start: object, nats_server: NatsServer
+) -> None:
+    nc = await connect(nats_server.url)
+    await ensure_stream(nc, JournalSettings(journal="kv"))
+    await nc.request("jsb.kv.journal", b"garbage", timeout=5)
+    await nc.close()
+    b = await start("b")  # type: ignore[operator]
+    await b.node.progress.wait_for(lambda p: p.halted, timeout=10)
+    with pytest.raises(PromotionRefused, match="replay halted at seq None \\(stream seq 1\\)"):
+        await b.node.promote(force=True, reason="try anyway")
+    assert b.node.status().halted and not b.node.status().ready
+
+
+async def test_an_unreachable_stream_refuses_promotion(
+    start: object, nats_server: NatsServer
+) -> None:
+    b = await start("b")  # type: ignore[operator]
+    await nats_server.stop()
+    with pytest.raises(PromotionRefused, match="unreachable"):
+        await b.node.promote()
+    await nats_server.start()
+
+
+async def test_a_deposed_primary_refuses_promotion(start: object, nats_server: NatsServer) -> None:
+    a = await start("a", primary=True)  # type: ignore[operator]
+    b = await start("b")  # type: ignore[operator]
+    await b.node.promote(timeout=10)
+    async with await Client.connect(nats_server.url, "kv") as client:
+        for i in range(200):
+            await client.submit("Put", 1, put("k", str(i)))
+            if a.node.role is Role.FENCED:
+                break
+    assert a.node.role is Role.FENCED and a.node.deposed
+    with pytest.raises(PromotionRefused, match="deposed"):
+        await a.node.promote()
 
 
 async def test_unsupported_commands_are_rejected_and_not_journaled(
@@ -156,9 +199,6 @@ async def test_submit_without_a_primary_times_out_as_retriable(nats_server: Nats
         with pytest.raises(SubmitError) as info:
             await client.submit("Put", 1, put("k", "v"), deadline=0.3)
     assert info.value.code == "deadline" and info.value.retriable
-
-
-_ = PromotionRefused
 
 
 async def test_an_idle_primary_does_not_make_a_caught_up_standby_look_late(

@@ -169,7 +169,8 @@ async def test_server_killed_and_restarted_mid_replay_loses_and_repeats_nothing(
         await task
     assert handler.seqs == list(range(1, 21_001))
     assert progress.duplicates_skipped == 0
-    assert logs.seen("NATS stream reconnected resume_from_stream_seq=")
+    resumed = [int(line.rsplit("=", 1)[1]) for line in logs.seen("resume_from_stream_seq=")]
+    assert any(3000 < seq <= 20_000 for seq in resumed), resumed  # mid-replay, from cursor + 1
     await standby_nc.close()
 
 

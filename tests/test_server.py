@@ -114,7 +114,10 @@ async def test_a_server_killed_behind_our_back_is_reaped_and_restarts(
     os.kill(pid, signal.SIGKILL)
 
     await nats_server.stop()  # reaps it; the SIGTERM finds nothing to stop
-    assert nats_server.returncode == -signal.SIGKILL
+    # asyncio's threaded child watcher sometimes loses the race to the exit status and
+    # reports 255 ("unknown child"); either way the process is gone and reaped.
+    assert nats_server.returncode in (-signal.SIGKILL, 255)
+    assert not nats_server.running
     await nats_server.start()
     assert await stored(nats_server.url) == (1, b"m1")
 

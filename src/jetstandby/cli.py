@@ -140,6 +140,12 @@ def _add_node_commands(commands: Any) -> None:
     run.add_argument(
         "--stay-up", action="store_true", default=None, help="keep running after being fenced"
     )
+    run.add_argument(
+        "--durability",
+        choices=["acked", "fsync"],
+        default=None,
+        help="the embedded server's: fsync acknowledges only after fsync (sync_interval: always)",
+    )
 
     status = commands.add_parser("status", help="a node's status (live with --watch)")
     status.add_argument("--admin", default="http://127.0.0.1:7070", metavar="URL")

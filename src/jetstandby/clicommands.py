@@ -38,6 +38,7 @@ async def run(args: argparse.Namespace, console: Console) -> int:
         "token_file": args.token_file,
         "max_promote_lag": args.max_promote_lag,
         "stay_up": args.stay_up,
+        "durability": args.durability,
     }
     config = runconfig.load(file=Path(args.config) if args.config else None, flags=flags)
     from jetstandby.runner import run_node
@@ -52,10 +53,12 @@ async def run(args: argparse.Namespace, console: Console) -> int:
         print(line, flush=True)
 
     try:
-        role = await run_node(config, on_ready=ready)
+        role, deposed = await run_node(config, on_ready=ready)
     except asyncio.CancelledError:
         return cli.EXIT_OK
-    return cli.EXIT_FENCED if role is Role.FENCED else cli.EXIT_OK
+    if role is Role.FENCED:
+        return cli.EXIT_FENCED if deposed else cli.EXIT_FAILED
+    return cli.EXIT_OK
 
 
 def _http(method: str, url: str, body: bytes | None, token: str | None) -> tuple[int, Any]:

@@ -17,7 +17,7 @@ import nats.errors
 
 from jetstandby import submission, wire
 from jetstandby.errors import SubmitError
-from jetstandby.journal.stream import NatsClient, connect
+from jetstandby.journal.stream import NatsClient, close_quietly, connect
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Client:
 
     async def aclose(self) -> None:
         if self._owns_connection and not self._nc.is_closed:
-            await self._nc.close()
+            await close_quietly(self._nc)
 
     async def submit(
         self,

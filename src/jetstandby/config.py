@@ -130,8 +130,8 @@ class NodeSettings:
 
     ``max_promote_lag``: a standby further behind than this many commands refuses to be
     promoted unless forced. ``promote_attempts``: how often a promotion replays what another
-    writer appended and tries its epoch marker again. ``dedup_window``: how many request ids
-    the exactly-once record keeps.
+    writer appended and tries its epoch marker again. The exactly-once window is part of
+    the protocol, not a setting: replicas that disagreed on it would diverge.
     """
 
     node_id: str
@@ -139,12 +139,11 @@ class NodeSettings:
     replay: ReplaySettings = ReplaySettings()
     max_promote_lag: int = 10_000
     promote_attempts: int = 5
-    dedup_window: int = 100_000
 
     def __post_init__(self) -> None:
         if not _NODE_ID.match(self.node_id):
             raise ConfigError("node_id", f"{self.node_id!r} must match {_NODE_ID.pattern}")
-        for name in ("max_promote_lag", "promote_attempts", "dedup_window"):
+        for name in ("max_promote_lag", "promote_attempts"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "max_promote_lag" else 1):
                 raise ConfigError(name, f"must be a positive integer, got {value!r}")

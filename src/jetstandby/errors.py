@@ -10,6 +10,7 @@ and ``retriable`` says whether trying the same thing again can succeed::
     ├── ServerError              the embedded nats-server would not start or stop
     ├── UnsupportedCommand       the engine does not accept this command type or version
     ├── SubmitError              a submission failed (``code`` says why; ``retriable``)
+    ├── EngineFailure            the engine raised on the primary; it stops serving
     ├── WireError                a message that is not a valid envelope (names the stream seq)
     ├── JournalError             the command journal
     │   ├── FencedError          another writer appended: this journal is deposed, forever
@@ -75,6 +76,11 @@ class SubmitError(JetstandbyError):
         super().__init__(message)
         self.code = code
         self.retriable = retriable
+
+
+class EngineFailure(JetstandbyError):
+    """The engine raised while the primary applied a command: its state can no longer be
+    trusted, so the primary stops serving (a standby halts instead, with HandlerError)."""
 
 
 class WireError(JetstandbyError, ValueError):

@@ -45,7 +45,7 @@ class Node:
 
     def __init__(self, nc: NatsClient, engine: Engine, settings: NodeSettings) -> None:
         self.settings = settings
-        self.state = ReplicatedState(engine, dedup_window=settings.dedup_window)
+        self.state = ReplicatedState(engine)
         self.progress = ReplayProgress()
         self.role = Role.STANDBY
         self._nc = nc
@@ -56,6 +56,9 @@ class Node:
         self._promotion_forced = False
         self._primary: PrimaryService | None = None
         self._finished = asyncio.Event()
+        self._promote_lock = asyncio.Lock()
+        #: True once a newer epoch's writer deposed this primary (not for other failures).
+        self.deposed = False
         self._started = asyncio.Event()
         self._transitions: list[Transition] = []
         self._lag_ms = 0.0
@@ -150,7 +153,11 @@ class Node:
             self.state.apply(marker)
             self.progress.set_replay_cursor(ack.stream_seq)
             journal = await CommandJournal.open(
-                self._nc, journal_settings, epoch=epoch, after=Position(seq, ack.stream_seq, msg_id)
+                self._nc,
+                journal_settings,
+                epoch=epoch,
+                after=Position(seq, ack.stream_seq, msg_id),
+                on_terminal=self._lost,
             )
             self._primary = PrimaryService(
                 self._nc,
@@ -201,7 +208,8 @@ class Node:
         if self.role is Role.FENCED:
             return
         self._last_error = str(error)
-        reason = "deposed by a newer epoch" if isinstance(error, FencedError) else "journal failed"
+        self.deposed = isinstance(error, FencedError)
+        reason = "deposed by a newer epoch" if self.deposed else f"cannot go on: {error}"
         logger.error("%s: %s", reason, error)
         self._transition(Role.FENCED, reason)
         self._finished.set()
@@ -223,11 +231,14 @@ class Node:
             raise ConfigError("reason", "a forced promotion needs a reason")
         if not self._started.is_set():
             raise PromotionRefused("the node is still starting: its journal stream is not open")
-        if self._promotion is None:
-            await self._check_promotable(force)
-            if force:
-                logger.warning("FORCED promotion of %s: %s", self.settings.node_id, reason)
-            self._begin_promotion(forced=force, reason=reason or "admin request")
+        if self.role is Role.FENCED:
+            raise PromotionRefused("this node is a deposed primary; start it again as a standby")
+        async with self._promote_lock:  # concurrent requests join one promotion
+            if self._promotion is None:
+                await self._check_promotable(force)
+                if force:
+                    logger.warning("FORCED promotion of %s: %s", self.settings.node_id, reason)
+                self._begin_promotion(forced=force, reason=reason or "admin request")
         assert self._promotion is not None
         promotion = self._promotion
         if not wait and not promotion.done():
@@ -243,8 +254,6 @@ class Node:
         return msgspec.structs.replace(result, already_promoted=already)
 
     async def _check_promotable(self, force: bool) -> None:
-        if self.role is Role.FENCED:
-            raise PromotionRefused("this node is a deposed primary; start it again as a standby")
         if self.progress.error is not None:
             raise PromotionRefused(
                 f"replay halted at seq {self.progress.error.seq} "

@@ -14,7 +14,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import Final
 
 import msgspec
 import nats.errors
@@ -24,21 +23,19 @@ from nats.aio.subscription import Subscription
 from jetstandby import submission, wire
 from jetstandby.errors import (
     ConfigError,
+    EngineFailure,
     FencedError,
     JetstandbyError,
     JournalError,
     JournalUnavailable,
     UnsupportedCommand,
 )
-from jetstandby.journal import Ack, CommandJournal, Position
+from jetstandby.journal import Ack, CommandJournal, JournalState, Position
 from jetstandby.journal.stream import NatsClient
 from jetstandby.state import Applied, ReplicatedState
 from jetstandby.submission import Code, SubmitReply
 
 logger = logging.getLogger(__name__)
-
-#: Room the envelope needs around a payload (msgpack framing, type, ids).
-ENVELOPE_OVERHEAD: Final = 256
 
 
 class PrimaryService:
@@ -106,8 +103,8 @@ class PrimaryService:
         except msgspec.DecodeError as exc:
             self._reject(msg.reply, Code.BAD_REQUEST, f"malformed submission: {exc}")
             return
-        if self._lost is not None:
-            self._reject(msg.reply, Code.FENCED, f"this primary was deposed: {self._lost}")
+        if self._lost is not None or self._journal.state is not JournalState.OPEN:
+            self._reject(msg.reply, Code.FENCED, f"this primary no longer serves: {self._lost}")
             return
         if sub.request_id and (applied := self._state.lookup(sub.request_id)) is not None:
             self._answer_again(msg.reply, applied)
@@ -133,11 +130,6 @@ class PrimaryService:
             self._state.check_supported(sub.command_type, sub.command_version)
         except (ConfigError, UnsupportedCommand) as exc:
             return Code.UNSUPPORTED, str(exc)
-        if len(sub.payload) + ENVELOPE_OVERHEAD > self._nc.max_payload:
-            return Code.BAD_REQUEST, (
-                f"payload of {len(sub.payload)} bytes does not fit the server's "
-                f"max_payload of {self._nc.max_payload}"
-            )
         return None
 
     async def _apply_and_journal(self, reply: str, sub: submission.Submission) -> None:
@@ -152,7 +144,22 @@ class PrimaryService:
             sub.payload,
             sub.request_id,
         )
-        result = self._state.apply(envelope)
+        size = len(wire.encode(envelope)) + wire.HEADER_ROOM
+        if size > self._nc.max_payload:
+            self._reject(
+                reply,
+                Code.BAD_REQUEST,
+                f"the command would be {size} bytes with its headers, over the server's "
+                f"max_payload of {self._nc.max_payload}",
+            )
+            return
+        try:
+            result = self._state.apply(envelope)
+        except Exception as exc:  # a broken engine: its state is unknown, so stop serving
+            logger.critical("engine raised on command seq %d: %r", envelope.seq, exc)
+            self._lose(EngineFailure(f"engine raised on command seq {envelope.seq}: {exc!r}"))
+            self._reject(reply, Code.UNAVAILABLE, "the primary's engine failed; retry elsewhere")
+            return
         try:
             future = await journal.append(envelope)
         except JournalError as exc:  # terminal: fenced or failed between the checks

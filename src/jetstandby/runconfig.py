@@ -35,8 +35,8 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     token: str | None = None
     token_file: str | None = None
     max_promote_lag: int = 10_000
-    dedup_window: int = 100_000
     stay_up: bool = False
+    durability: Literal["acked", "fsync"] = "acked"
 
     def admin_address(self) -> tuple[str, int]:
         host, sep, port = self.admin.rpartition(":")
@@ -50,7 +50,6 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
             journal=JournalSettings(journal=self.journal, replicas=self.replicas),
             replay=ReplaySettings(),
             max_promote_lag=self.max_promote_lag,
-            dedup_window=self.dedup_window,
         )
 
 

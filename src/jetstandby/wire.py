@@ -29,6 +29,9 @@ EPOCH_MARKER: Final = "$epoch"
 CHECKPOINT: Final = "$checkpoint"
 CONTROL_PREFIX: Final = "$"
 
+#: Bytes to leave for headers: nats-server counts them toward ``max_payload``.
+HEADER_ROOM: Final = 256
+
 HDR_MSG_ID: Final = "Nats-Msg-Id"
 HDR_EXPECTED_LAST_MSG_ID: Final = "Nats-Expected-Last-Msg-Id"
 HDR_EXPECTED_LAST_SEQ: Final = "Nats-Expected-Last-Sequence"

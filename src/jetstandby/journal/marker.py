@@ -41,12 +41,11 @@ class _PubAck(msgspec.Struct):
 
 
 def _headers(msg_id: str, after: Position) -> dict[str, str]:
-    headers = {wire.HDR_MSG_ID: msg_id}
-    if after.msg_id is not None:
-        headers[wire.HDR_EXPECTED_LAST_MSG_ID] = after.msg_id
-    else:
-        headers[wire.HDR_EXPECTED_LAST_SEQ] = str(after.stream_seq)
-    return headers
+    # Fenced on the exact stream seq of the last message applied. For this one,
+    # unpipelined append that is as strong as naming its id, and it still works when the
+    # server has forgotten the last id (nats-server#8564: after a restart, an id older than
+    # the duplicate window is lost), where an id fence would refuse every marker.
+    return {wire.HDR_MSG_ID: msg_id, wire.HDR_EXPECTED_LAST_SEQ: str(after.stream_seq)}
 
 
 async def append_fenced(
@@ -57,7 +56,7 @@ async def append_fenced(
     msg_id: str,
     after: Position,
 ) -> Ack:
-    """Append ``envelope`` only if the stream still ends at ``after``.
+    """Append ``envelope`` only if the stream still ends at ``after.stream_seq``.
 
     Returns its :class:`Ack`. Raises :class:`FencedError` if another writer's message is
     there instead, :class:`JournalUnavailable` if JetStream did not answer within

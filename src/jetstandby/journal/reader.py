@@ -131,6 +131,12 @@ class FeedSubscription:
                 f"cannot create a consumer on {settings.stream!r} from stream seq "
                 f"{config.opt_start_seq}: {exc!r}"
             ) from exc
+        except BaseException:  # cancelled mid-start: never leave a live delivery behind
+            self._closed = True
+            if self._sub is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._sub.unsubscribe())
+            raise
         self._consumer = (settings.stream, info.name)
         self._watchdog = self._loop.create_task(self._watch())
 

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "NatsClient",
+    "close_quietly",
     "connect",
     "ensure_stream",
     "last_message",
@@ -118,6 +119,13 @@ async def connect(
     except (OSError, nats.errors.Error) as exc:
         raise JournalUnavailable(f"cannot connect to NATS at {servers}: {exc}") from exc
     return nc
+
+
+async def close_quietly(nc: NatsClient) -> None:
+    """Close a connection; one whose server just went away can fail to flush, which is no
+    reason to fail a shutdown."""
+    with contextlib.suppress(nats.errors.Error, OSError):
+        await nc.close()
 
 
 def required_config(settings: JournalSettings) -> StreamConfig:

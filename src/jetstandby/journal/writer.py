@@ -90,7 +90,13 @@ class CommandJournal:
     """
 
     def __init__(
-        self, nc: NatsClient, settings: JournalSettings, *, epoch: int, after: Position
+        self,
+        nc: NatsClient,
+        settings: JournalSettings,
+        *,
+        epoch: int,
+        after: Position,
+        on_terminal: Callable[[JournalError], None] | None = None,
     ) -> None:
         self._nc = nc
         self._settings = settings
@@ -110,16 +116,27 @@ class CommandJournal:
         self._last_progress = time.monotonic()
         self._flush_wanted = asyncio.Event()
         self._stored_waiters: list[tuple[int, asyncio.Future[Position]]] = []
+        self._on_terminal = on_terminal
         self._inbox = nc.new_inbox()
         self._sub: NatsSubscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
-        cls, nc: NatsClient, settings: JournalSettings, *, epoch: int, after: Position
+        cls,
+        nc: NatsClient,
+        settings: JournalSettings,
+        *,
+        epoch: int,
+        after: Position,
+        on_terminal: Callable[[JournalError], None] | None = None,
     ) -> CommandJournal:
-        """Subscribe for acknowledgements and start the resend timer."""
-        journal = cls(nc, settings, epoch=epoch, after=after)
+        """Subscribe for acknowledgements and start the resend timer.
+
+        ``on_terminal(error)`` is called once when the journal is fenced or fails, whether or
+        not any append is still waiting to hear it.
+        """
+        journal = cls(nc, settings, epoch=epoch, after=after, on_terminal=on_terminal)
         journal._sub = await nc.subscribe(
             journal._inbox + ".*.*", cb=journal._on_ack, pending_msgs_limit=4 * settings.window
         )
@@ -162,10 +179,11 @@ class CommandJournal:
         """
         self._raise_if_unusable()
         body = wire.encode(envelope)
-        if len(body) > self._nc.max_payload:
+        if len(body) + wire.HEADER_ROOM > self._nc.max_payload:
             raise WireError(
-                f"command seq {envelope.seq} encodes to {len(body)} bytes, over the server's "
-                f"max_payload of {self._nc.max_payload}"
+                f"command seq {envelope.seq} encodes to {len(body)} bytes, which with "
+                f"{wire.HEADER_ROOM} bytes of headers is over the server's max_payload of "
+                f"{self._nc.max_payload}"
             )
         if self._slots_free > 0:
             self._slots_free -= 1
@@ -444,6 +462,7 @@ class CommandJournal:
         assert isinstance(self._error, FencedError)
         self._error.seq = self._stored.seq
         self._fail_pending(self._error)
+        self._tell_terminal(self._error)
 
     def _classify_tail(self, tail: StoredMessage | None, stored_before: int) -> tuple[int, int]:
         """Which of our commands the tail proves stored, or fence if the tail is foreign.
@@ -491,6 +510,12 @@ class CommandJournal:
             logger.error("%s", error)
             self._state = JournalState.FAILED
             self._set_error(error)
+            self._tell_terminal(error)
+
+    def _tell_terminal(self, error: JournalError) -> None:
+        callback, self._on_terminal = self._on_terminal, None
+        if callback is not None:
+            callback(error)
 
     def _set_error(self, error: JournalError) -> None:
         if self._error is None:
