@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -190,7 +191,16 @@ async def _demo(args: argparse.Namespace, console: Console) -> int:
         engine=args.engine,
         report_dir=None if args.no_report else Path(args.report_dir),
     )
-    summary = await run_demo(settings, console)
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # clean up every process we started
+        loop.add_signal_handler(signum, main_task.cancel)
+    try:
+        summary = await run_demo(settings, console)
+    except asyncio.CancelledError:
+        print("jetstandby: demo interrupted; every process it started is stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(summary))
     else:
