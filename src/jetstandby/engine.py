@@ -18,6 +18,7 @@ from jetstandby.errors import ConfigError
 
 BUILTIN_ENGINES: dict[str, str] = {
     "kv": "jetstandby.engines.kv:KeyValueEngine",
+    "orderbook": "jetstandby.engines.orderbook:OrderBookEngine",
 }
 
 
