@@ -69,6 +69,7 @@ class Run:
     t_kill: float | None = None
     t_promoted: float | None = None
     marker_seq: int | None = None
+    promote_took_ms: float | None = None
     phase: str = "starting"
 
 
@@ -130,13 +131,14 @@ async def fail_over(primary: NodeProcess, standby: NodeProcess, run: Run, start:
     run.phase = "load on the primary"
     primary.signal(signal.SIGKILL)
     run.t_kill = loop.time() - start
-    run.events.append((run.t_kill, f"SIGKILL primary {primary.node_id}"))
+    run.events.append((run.t_kill, f"SIGKILL the primary ({primary.node_id})"))
     run.phase = "primary killed; promoting"
     code, result = await standby.promote()
     if code != 200:
         raise ConfigError("promote", f"the standby refused promotion ({code}): {result}")
     run.t_promoted = loop.time() - start
     run.marker_seq = int(result["seq"])
+    run.promote_took_ms = float(result["took_ms"])
     run.events.append(
         (
             run.t_promoted,
@@ -161,11 +163,15 @@ def view(run: Run, settings: DemoSettings, elapsed: float) -> Group:
             "standby lag",
             f"{latest.get('lag_commands', 0):,} commands, {latest.get('lag_ms', 0.0):.1f} ms",
         ),
-        ("standby caught up", "yes" if latest.get("caught_up") else "no"),
+        ("standby caught up", _yes_no(latest.get("caught_up"))),
     ]
     for name, value in rows:
         table.add_row(name, value)
     return Group(table, *(f"{t:6.2f}s  {text}" for t, text in run.events[-4:]), "")
+
+
+def _yes_no(value: object) -> str:
+    return "-" if value is None else ("yes" if value else "no")
 
 
 async def verify(
@@ -235,7 +241,8 @@ def summarize(run: Run, checks: dict[str, Any], settings: DemoSettings) -> dict[
         "lag_p50_ms": quantile(50),
         "lag_p99_ms": quantile(99),
         "failover_ms": None if failover is None else round(failover, 1),
-        "promote_at_s": run.t_promoted,
+        "promote_at_s": None if run.t_promoted is None else round(run.t_promoted, 3),
+        "promote_took_ms": run.promote_took_ms,
         **checks,
     }
     summary["ok"] = (
@@ -273,8 +280,8 @@ async def run_demo(settings: DemoSettings, console: Console) -> dict[str, Any]:
             stack.push_async_callback(process.close)
             return process
 
-        primary = await node("primary", "primary")
-        standbys = [await node(f"standby{i + 1}", "standby") for i in range(settings.standbys)]
+        primary = await node("n1", "primary")
+        standbys = [await node(f"n{i + 2}", "standby") for i in range(settings.standbys)]
         clients = [
             await stack.enter_async_context(await Client.connect(url, JOURNAL))
             for _ in range(settings.writers)

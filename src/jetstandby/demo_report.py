@@ -30,23 +30,23 @@ def _chart(path: Path, timeline: list[dict[str, Any]], events: list[tuple[float,
     import matplotlib.pyplot as plt
 
     t = [row["t"] for row in timeline]
+    delay = [row.get("apply_delay_ms") for row in timeline]
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 5.5))
     top.plot(t, [row.get("rate", 0) for row in timeline], color="tab:blue")
     top.set_ylabel("acknowledged / s")
-    bottom.plot(t, [row.get("apply_delay_ms") or 0 for row in timeline], color="tab:orange")
+    # No standby left after the promotion (with one standby): a gap, not a zero.
+    bottom.plot(t, [float("nan") if d is None else d for d in delay], color="tab:orange")
     bottom.set_ylabel("standby apply delay (ms)")
     bottom.set_xlabel("seconds")
-    for when, text in events:
-        for axis in (top, bottom):
-            axis.axvline(when, color="tab:red", linestyle="--", linewidth=1)
-        top.annotate(
-            text.split(":")[0],
-            (when, top.get_ylim()[1] * 0.9),
-            fontsize=8,
-            rotation=90,
-            va="top",
-            ha="right",
+    styles = ["--", ":", "-."]
+    for (when, text), style in zip(events, styles * len(events), strict=False):
+        label = text.split(":")[0]
+        top.axvline(
+            when, color="tab:red", linestyle=style, linewidth=1, label=f"{when:.2f}s {label}"
         )
+        bottom.axvline(when, color="tab:red", linestyle=style, linewidth=1)
+    if events:
+        top.legend(loc="lower right", fontsize=8)
     fig.suptitle("jetstandby demo: throughput and standby lag through a failover")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
