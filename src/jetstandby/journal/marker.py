@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import msgspec
 import nats.errors
 
 from jetstandby import wire
@@ -20,24 +19,12 @@ from jetstandby.journal.base import Ack, Position
 from jetstandby.journal.stream import (
     ERR_WRONG_LAST_MSG_ID,
     ERR_WRONG_LAST_SEQUENCE,
+    PUB_ACK,
     NatsClient,
     last_message,
 )
 
 logger = logging.getLogger(__name__)
-
-
-class _ApiError(msgspec.Struct):
-    code: int = 0
-    err_code: int = 0
-    description: str = ""
-
-
-class _PubAck(msgspec.Struct):
-    stream: str = ""
-    seq: int = 0
-    duplicate: bool = False
-    error: _ApiError | None = None
 
 
 def _headers(msg_id: str, after: Position) -> dict[str, str]:
@@ -88,7 +75,7 @@ async def append_fenced(
 async def _outcome(
     nc: NatsClient, settings: JournalSettings, envelope: wire.Envelope, msg_id: str, data: bytes
 ) -> Ack:
-    ack = msgspec.json.decode(data, type=_PubAck)
+    ack = PUB_ACK.decode(data)
     if ack.error is None:
         return Ack(envelope.seq, ack.seq, ack.duplicate)
     if ack.error.err_code in (ERR_WRONG_LAST_MSG_ID, ERR_WRONG_LAST_SEQUENCE):

@@ -206,10 +206,24 @@ class StoredMessage:
     data: bytes
 
 
-class _ApiError(msgspec.Struct):
-    code: int
+class ApiError(msgspec.Struct):
+    """The ``error`` object of a JetStream API answer."""
+
+    code: int = 0
     err_code: int = 0
     description: str = ""
+
+
+class PubAck(msgspec.Struct):
+    """JetStream's answer to a publish: the stream seq, or an error."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: ApiError | None = None
+
+
+PUB_ACK: Final = msgspec.json.Decoder(PubAck)
 
 
 class _RawMessage(msgspec.Struct):
@@ -220,7 +234,7 @@ class _RawMessage(msgspec.Struct):
 
 class _MsgGetResponse(msgspec.Struct):
     message: _RawMessage | None = None
-    error: _ApiError | None = None
+    error: ApiError | None = None
 
 
 _msg_get_decoder: Final = msgspec.json.Decoder(_MsgGetResponse)

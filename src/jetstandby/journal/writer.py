@@ -38,6 +38,8 @@ from jetstandby.journal.base import Ack, JournalState, Position, chain_headers
 from jetstandby.journal.stream import (
     ERR_WRONG_LAST_MSG_ID,
     ERR_WRONG_LAST_SEQUENCE,
+    PUB_ACK,
+    ApiError,
     NatsClient,
     StoredMessage,
     last_message,
@@ -48,22 +50,6 @@ logger = logging.getLogger(__name__)
 
 _CHAIN_BROKEN: Final = frozenset({ERR_WRONG_LAST_MSG_ID, ERR_WRONG_LAST_SEQUENCE})
 _TRANSIENT_CODES: Final = frozenset({408, 503})
-
-
-class _ApiError(msgspec.Struct):
-    code: int = 0
-    err_code: int = 0
-    description: str = ""
-
-
-class _PubAck(msgspec.Struct):
-    stream: str = ""
-    seq: int = 0
-    duplicate: bool = False
-    error: _ApiError | None = None
-
-
-_ack_decoder: Final = msgspec.json.Decoder(_PubAck)
 
 
 class _Pending:
@@ -262,18 +248,21 @@ class CommandJournal:
         try:
             async with asyncio.timeout(self._settings.unavailable_after):
                 await waiter
-        except TimeoutError:
-            raise JournalUnavailable(
-                f"{len(self._pending)} appends in flight and none acknowledged within "
-                f"{self._settings.unavailable_after}s"
-            ) from None
-        finally:
-            if not waiter.done() or waiter.cancelled():
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # handed a slot as we gave up: pass it on, never lose it
+            else:
+                waiter.cancel()
                 with contextlib.suppress(ValueError):
                     self._slot_waiters.remove(waiter)
-            elif self._error is not None:
-                self._release_slot()  # hand the slot on so the next waiter sees the error
+            if isinstance(exc, TimeoutError):
+                raise JournalUnavailable(
+                    f"{len(self._pending)} appends in flight and none acknowledged within "
+                    f"{self._settings.unavailable_after}s"
+                ) from None
+            raise
         if self._error is not None:
+            self._release_slot()  # hand the slot on so the next waiter sees the error too
             raise self._error
 
     def _release_slot(self) -> None:
@@ -335,7 +324,7 @@ class CommandJournal:
         if msg.headers and msg.headers.get("Status") == "503":
             return  # no responders: JetStream is (re)electing or away; the watchdog resends
         try:
-            ack = _ack_decoder.decode(msg.data)
+            ack = PUB_ACK.decode(msg.data)
         except msgspec.DecodeError:
             logger.warning("unreadable acknowledgement for command seq %d: %r", seq, msg.data)
             return
@@ -351,7 +340,7 @@ class CommandJournal:
         else:
             self._confirm(seq, ack.seq, ack.duplicate)
 
-    def _on_rejected(self, seq: int, gen: int, error: _ApiError) -> None:
+    def _on_rejected(self, seq: int, gen: int, error: ApiError) -> None:
         if error.err_code in _CHAIN_BROKEN or error.code in _TRANSIENT_CODES:
             if gen == self._gen and not self._resyncing and seq in self._pending:
                 logger.info(
