@@ -290,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (JournalUnavailable, ServerError) as exc:
         print(f"jetstandby: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except TimeoutError:
+        print("jetstandby: timed out", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except JetstandbyError as exc:
         print(f"jetstandby: {exc}", file=sys.stderr)
         return EXIT_FAILED

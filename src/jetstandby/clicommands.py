@@ -145,7 +145,11 @@ async def submit(args: argparse.Namespace, console: Console) -> int:
         fields = json.loads(args.payload)
     except ValueError as exc:
         raise ConfigError("JSON", f"not valid JSON: {exc}") from exc
-    async with await Client.connect(args.nats, args.journal) as client:
+    # The whole command is bounded too: connecting and closing must not hang a shell.
+    async with (
+        asyncio.timeout(args.deadline + 15),
+        await Client.connect(args.nats, args.journal) as client,
+    ):
         try:
             out = await client.submit(
                 args.command_type,

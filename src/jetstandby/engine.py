@@ -40,9 +40,14 @@ class Engine(Protocol):
     hands it anything else.
     """
 
-    name: str
-    version: int
-    accepts: Mapping[str, frozenset[int]]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def accepts(self) -> Mapping[str, frozenset[int]]: ...
 
     def apply(self, command: Command) -> bytes:
         """Apply ``command`` and return its result, encoded as the engine defines."""

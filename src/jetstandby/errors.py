@@ -12,6 +12,7 @@ and ``retriable`` says whether trying the same thing again can succeed::
     ├── SubmitError              a submission failed (``code`` says why; ``retriable``)
     ├── EngineFailure            the engine raised on the primary; it stops serving
     ├── WireError                a message that is not a valid envelope (names the stream seq)
+    ├── SnapshotError            a snapshot is unusable (``reason``): try an older one, or replay
     ├── JournalError             the command journal
     │   ├── FencedError          another writer appended: this journal is deposed, forever
     │   ├── JournalUnavailable   JetStream did not answer within the bound (retriable)
@@ -91,6 +92,21 @@ class WireError(JetstandbyError, ValueError):
         super().__init__(f"malformed envelope at {where}: {problem}")
         self.problem = problem
         self.stream_seq = stream_seq
+
+
+class SnapshotError(JetstandbyError):
+    """A snapshot is unusable, or the snapshot store refused a request.
+
+    ``reason`` names the check that failed (``checksum``, ``size``, ``engine``, ``stream``,
+    ``beyond_tail``, ...: the values of :class:`jetstandby.snapshots.Refusal`); ``snapshot``
+    names the object when one is involved. A refused snapshot is never restored: fall back to
+    an older one, or to a full replay from command 1.
+    """
+
+    def __init__(self, message: str, *, reason: str, snapshot: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.snapshot = snapshot
 
 
 class JournalError(JetstandbyError):
