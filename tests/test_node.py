@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
-from jetstandby import connect, ensure_stream
+from jetstandby import connect, ensure_stream, submission
 from jetstandby.client import Client
 from jetstandby.config import JournalSettings, NodeSettings, ReplaySettings
 from jetstandby.engines.kv import KeyValueEngine, add, put
@@ -213,3 +213,24 @@ async def test_an_idle_primary_does_not_make_a_caught_up_standby_look_late(
     status = b.node.status()
     assert status.caught_up and status.ready
     assert status.stream_lag == 0 and status.lag_ms == 0.0 and status.catch_up_eta_s == 0.0
+
+
+async def test_a_submission_with_invalid_utf8_is_a_bad_request(
+    start: object, nats_server: NatsServer
+) -> None:
+    a = await start("a", primary=True)  # type: ignore[operator]
+    nc = await connect(nats_server.url)
+    request = submission.encode_submission(submission.Submission("r\xff", "Put", 1, put("k", "v")))
+    reply = await nc.request("jsb.kv.submit", request.replace(b"r\xc3\xbf", b"r\xff"), timeout=5)
+    answer = submission.decode_reply(reply.data)
+    assert not answer.ok and answer.code == "bad_request"
+    bad_engine_payload = await nc.request(
+        "jsb.kv.submit",
+        submission.encode_submission(
+            submission.Submission("r2", "Put", 1, b"\x82\xa3key\xa1\xff\xa5value\xa1v")
+        ),
+        timeout=5,
+    )
+    assert submission.decode_reply(bad_engine_payload.data).ok  # a deterministic rejection
+    assert a.node.role is Role.PRIMARY  # still serving
+    await close_quietly(nc)

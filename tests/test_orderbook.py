@@ -357,6 +357,12 @@ def test_rejections_change_nothing() -> None:
         (CANCEL_ORDER, msgspec.msgpack.encode({"account": "a", "order_id": "1"})),
         (REPLACE_ORDER, msgspec.msgpack.encode({"account": "a", "order_id": 1, "qty": 2})),
         (MASS_CANCEL, b""),
+        # invalid UTF-8 in a value and in a key: msgspec raises UnicodeDecodeError, not a
+        # DecodeError; it must still be a rejection, never an exception out of apply()
+        (PLACE_ORDER, b"\x81\xa7account\xa1\xff"),
+        (CANCEL_ORDER, b"\x81\xa1\xff\x01"),
+        (REPLACE_ORDER, b"\x81\xa1\xff\x01"),
+        (MASS_CANCEL, b"\x81\xa7account\xa1\xff"),
     ],
 )
 def test_malformed_payloads_are_rejections(command_type: str, payload: bytes) -> None:

@@ -223,6 +223,11 @@ async def test_duplicates_are_skipped_and_a_gap_halts(nc: NatsClient) -> None:
         (b"\xde\xad\xbe\xef garbage", ProtocolError, "stream seq 4"),
         (msgspec.msgpack.encode([1, 4, 1, 9, "Put", 1]), ProtocolError, "stream seq 4"),
         (
+            msgspec.msgpack.encode([1, 4, 1, 9, "Put", 1, b"x"]).replace(b"Put", b"P\xffu"),
+            ProtocolError,
+            "not valid UTF-8",
+        ),
+        (
             msgspec.msgpack.encode([1, 4, 1, 9, "Put", 99, b"x"]),
             HandlerError,
             "unknown command version 99",

@@ -150,9 +150,10 @@ def test_kv_is_deterministic_and_snapshots_round_trip(
     assert restored.digest() == first.digest() and restored.data == first.data
 
 
-def test_kv_rejects_malformed_payloads_deterministically() -> None:
+@pytest.mark.parametrize("payload", [b"\xc1", b"\x82\xa3key\xa1\xff\xa5value\xa1v"])
+def test_kv_rejects_malformed_payloads_deterministically(payload: bytes) -> None:
     engine = KeyValueEngine()
-    out = msgspec.msgpack.decode(engine.apply(Command(1, 1, "Put", 1, b"\xc1")))
+    out = msgspec.msgpack.decode(engine.apply(Command(1, 1, "Put", 1, payload)))
     assert out["ok"] is False and "bad Put payload" in out["error"]
 
 

@@ -48,6 +48,7 @@ def test_encoding_is_the_documented_msgpack_array() -> None:
         (msgspec.msgpack.encode([1, 1, 1, 1, "Put", 1, "text not bytes"]), "'payload'"),
         (msgspec.msgpack.encode([1, 1, 1]), "array"),
         (msgspec.msgpack.encode({"seq": 1}), "not a jetstandby envelope"),
+        (msgspec.msgpack.encode([1, 1, 1, 1, "Put", 1, b""]).replace(b"Put", b"P\xffu"), "UTF-8"),
     ],
 )
 def test_malformed_envelopes_name_the_stream_seq_and_the_fault(data: bytes, needle: str) -> None:

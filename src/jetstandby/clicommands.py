@@ -163,7 +163,7 @@ async def submit(args: argparse.Namespace, console: Console) -> int:
             return cli.EXIT_UNAVAILABLE if exc.retriable else cli.EXIT_FAILED
     try:
         result: Any = msgspec.msgpack.decode(out.result)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         result = out.result.hex()
     print(
         json.dumps(

@@ -131,6 +131,6 @@ class Client:
             return None, f"connection: {exc!r}"
         try:
             reply = submission.decode_reply(msg.data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             return None, f"unreadable reply: {exc}"
         return reply, f"{reply.code}: {reply.error}"

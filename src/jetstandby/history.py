@@ -296,7 +296,7 @@ def read_history(path: str | os.PathLike[str]) -> list[Op]:
             continue
         try:
             ops.append(_decoder.decode(line))
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             if number == len(lines):  # no newline after it: torn by a crash mid-write
                 break
             raise HistoryError(f"{path}:{number}: not a history operation: {exc}") from exc

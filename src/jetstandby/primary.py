@@ -100,7 +100,7 @@ class PrimaryService:
             return  # nobody to answer: never apply what cannot be acknowledged
         try:
             sub = submission.decode_submission(msg.data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             self._reject(msg.reply, Code.BAD_REQUEST, f"malformed submission: {exc}")
             return
         if self._lost is not None or self._journal.state is not JournalState.OPEN:

@@ -93,7 +93,7 @@ def _read_toml(file: Path) -> dict[str, Any]:
         raise ConfigError("config", f"cannot read {file}: {exc.strerror}") from exc
     try:
         data = msgspec.toml.decode(text)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("config", f"{file} is not valid TOML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError("config", f"{file} must be a TOML table")

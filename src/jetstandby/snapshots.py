@@ -694,7 +694,7 @@ class SnapshotStore:
     def _meta_of(self, info: _ObjectInfo) -> SnapshotMeta:
         try:
             meta = _meta_decoder.decode(info.description or "")
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise _refused(
                 info.name, Refusal.METADATA, f"its description is no snapshot metadata: {exc}"
             ) from None
@@ -716,7 +716,7 @@ class SnapshotStore:
             raise _refused(name, Refusal.STORE, detail)
         try:
             info = _info_decoder.decode(reply.data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise _refused(name, Refusal.METADATA, f"unreadable object meta: {exc}") from None
         return None if info.deleted else info
 

@@ -117,7 +117,7 @@ class ReplicatedState:
     def _apply_marker(self, envelope: wire.Envelope) -> None:
         try:
             marker = _marker_decoder.decode(envelope.payload)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise ProtocolError(f"command seq {envelope.seq}: bad epoch marker: {exc}") from exc
         if marker.epoch != envelope.epoch or marker.epoch <= self.epoch:
             raise ProtocolError(

@@ -111,15 +111,17 @@ def decode(data: bytes, *, stream_seq: int | None = None) -> Envelope:
     """Message body -> envelope; :class:`WireError` naming ``stream_seq`` and the fault."""
     try:
         return _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise WireError(_describe(exc, data), stream_seq=stream_seq) from exc
 
 
 _FIELDS: Final = Envelope.__struct_fields__
 
 
-def _describe(exc: msgspec.DecodeError, data: bytes) -> str:
+def _describe(exc: Exception, data: bytes) -> str:
     """Turn msgspec's ``... - at `$[3]``` into a message naming the envelope field."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a string field is not valid UTF-8 ({exc.reason} at byte {exc.start})"
     text = str(exc)
     match = re.search(r"at `\$\[(\d+)\]", text)
     if match and int(match.group(1)) < len(_FIELDS):

@@ -52,7 +52,7 @@ def parse_promote(body: bytes) -> PromoteRequest | web.Response:
         request = msgspec.json.decode(body.strip() or b"{}", type=PromoteRequest)
     except msgspec.ValidationError as exc:
         return _invalid(str(exc))
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return json_error(400, f"request body is not valid JSON: {exc}", field=None)
     if request.force and not (request.reason or "").strip():
         return json_error(400, "force=true requires a non-empty reason", field="reason")

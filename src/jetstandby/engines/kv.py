@@ -58,7 +58,7 @@ class KeyValueEngine:
         self.last_timestamp_ns = command.timestamp_ns
         try:
             request: Any = _DECODERS[command.command_type].decode(command.payload)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             return _encode({"ok": False, "error": f"bad {command.command_type} payload: {exc}"})
         if isinstance(request, _Put):
             previous = self.data.get(request.key)

@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 _CHAIN_BROKEN: Final = frozenset({ERR_WRONG_LAST_MSG_ID, ERR_WRONG_LAST_SEQUENCE})
 _TRANSIENT_CODES: Final = frozenset({408, 503})
+#: "duplicate message id is in process": a resend met its original still being proposed in
+#: a replicated stream. Its outcome is still coming; never a reason to give up.
+ERR_DUPLICATE_IN_PROCESS: Final = 10158
 
 
 class _Pending:
@@ -325,7 +328,7 @@ class CommandJournal:
             return  # no responders: JetStream is (re)electing or away; the watchdog resends
         try:
             ack = PUB_ACK.decode(msg.data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             logger.warning("unreadable acknowledgement for command seq %d: %r", seq, msg.data)
             return
         if ack.error is not None:
@@ -341,7 +344,9 @@ class CommandJournal:
             self._confirm(seq, ack.seq, ack.duplicate)
 
     def _on_rejected(self, seq: int, gen: int, error: ApiError) -> None:
-        if error.err_code in _CHAIN_BROKEN or error.code in _TRANSIENT_CODES:
+        if error.code in _TRANSIENT_CODES or error.err_code == ERR_DUPLICATE_IN_PROCESS:
+            return  # the watchdog re-reads the tail after ack_timeout and resends if needed
+        if error.err_code in _CHAIN_BROKEN:
             if gen == self._gen and not self._resyncing and seq in self._pending:
                 logger.info(
                     "command seq %d rejected (%s); checking the tail", seq, error.description

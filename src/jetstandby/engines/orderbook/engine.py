@@ -142,7 +142,7 @@ class OrderBookEngine:
         decoder, handler = route
         try:
             request = decoder.decode(command.payload)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             return _encode(_rejected(Reason.MALFORMED, detail=str(exc)))
         return _encode(handler(request))
 
