@@ -234,3 +234,15 @@ async def test_a_submission_with_invalid_utf8_is_a_bad_request(
     assert submission.decode_reply(bad_engine_payload.data).ok  # a deterministic rejection
     assert a.node.role is Role.PRIMARY  # still serving
     await close_quietly(nc)
+
+
+async def test_an_idle_deposed_primary_fences_itself_without_appending(
+    start: object, nats_server: NatsServer
+) -> None:
+    a = await start("a", primary=True)  # type: ignore[operator]
+    b = await start("b")  # type: ignore[operator]
+    await b.node.promote(timeout=10)
+    # No submission reaches a: its journal's idle probe of the tail finds b's marker.
+    assert await asyncio.wait_for(a.task, 10) is Role.FENCED
+    assert a.node.deposed and not a.node.status().ready
+    assert "deposed by a newer epoch" in a.node.status().transitions[-1].reason

@@ -46,6 +46,8 @@ class JournalSettings:
 
     ``window``: appends in flight at once. ``ack_every``: how often a publish asks for a
     reply (the last of a burst always does; one acknowledgement proves all before it).
+    ``fence_probe_interval``: an idle journal reads the stream's tail this often, so that a
+    newer epoch fences it without waiting for its next append.
     ``ack_timeout``: a publish unanswered this long is checked and resent (safe: message-id
     dedup). ``unavailable_after``: an append still unresolved this long fails with
     :class:`~jetstandby.errors.JournalUnavailable`; it must be shorter than
@@ -59,6 +61,7 @@ class JournalSettings:
     max_bytes: int = -1
     window: int = 1024
     ack_every: int = 16
+    fence_probe_interval: float = 1.0
     ack_timeout: float = 1.0
     unavailable_after: float = 10.0
     request_timeout: float = 2.0
@@ -67,7 +70,13 @@ class JournalSettings:
         check_journal_name(self.journal)
         if self.replicas not in (1, 3, 5):
             raise ConfigError("replicas", f"must be 1, 3 or 5, got {self.replicas!r}")
-        for name in ("duplicate_window", "ack_timeout", "unavailable_after", "request_timeout"):
+        for name in (
+            "duplicate_window",
+            "ack_timeout",
+            "unavailable_after",
+            "request_timeout",
+            "fence_probe_interval",
+        ):
             _positive(name, getattr(self, name))
         _non_negative("max_age", self.max_age)
         if not isinstance(self.max_bytes, int) or (self.max_bytes < 1 and self.max_bytes != -1):

@@ -414,11 +414,12 @@ class CommandJournal:
         self._sent_upto = stored_seq
         self._reanchor = (stored_seq + 1, tail_stream_seq)
         self._resyncing = False
-        logger.info(
-            "journal resending from command seq %d, fenced on stream seq %d",
-            stored_seq + 1,
-            tail_stream_seq,
-        )
+        if self._sent_upto + 1 < self._next_seq:  # an idle probe has nothing to resend
+            logger.info(
+                "journal resending from command seq %d, fenced on stream seq %d",
+                stored_seq + 1,
+                tail_stream_seq,
+            )
         await self._send_through()
 
     async def _read_until_answered(
@@ -552,16 +553,24 @@ class CommandJournal:
                 )
 
     async def _watch(self) -> None:
-        """Resync when the oldest in-flight publish has gone unanswered for ``ack_timeout``."""
+        """Resync when the oldest in-flight publish has gone unanswered for ``ack_timeout``;
+        when idle, read the tail every ``fence_probe_interval`` so that a newer epoch's
+        marker fences this journal even if it never appends again (a zombie primary)."""
         interval = min(self._settings.ack_timeout / 4, 0.25)
+        last_probe = time.monotonic()
         while self._error is None:
             await asyncio.sleep(interval)
             self._expire_overdue()
-            stalled = time.monotonic() - self._last_progress > self._settings.ack_timeout
-            if self._pending and stalled and not self._resyncing:
+            now = time.monotonic()
+            if self._resyncing:
+                continue
+            if self._pending and now - self._last_progress > self._settings.ack_timeout:
                 logger.warning(
                     "no acknowledgement for %.1fs with %d in flight; checking the tail",
-                    time.monotonic() - self._last_progress,
+                    now - self._last_progress,
                     len(self._pending),
                 )
+                self._start_resync()
+            elif not self._pending and now - last_probe >= self._settings.fence_probe_interval:
+                last_probe = now
                 self._start_resync()
