@@ -72,16 +72,3 @@ def watch_logs(name: str = "jetstandby") -> Iterator[LogWaiter]:
     finally:
         logger.removeHandler(waiter)
         logger.setLevel(old_level)
-
-
-async def read_journal(nc: object, stream: str, subject: str) -> list[tuple[str, Envelope]]:
-    """Every message of a journal stream, in order, as (message id, envelope)."""
-    js = nc.jetstream()  # type: ignore[attr-defined]
-    info = await js.stream_info(stream)
-    sub = await js.subscribe(subject, ordered_consumer=True)
-    out = []
-    for _ in range(info.state.messages):
-        msg = await sub.next_msg(timeout=5)
-        out.append(((msg.headers or {}).get("Nats-Msg-Id", ""), wire.decode(msg.data)))
-    await sub.unsubscribe()
-    return out

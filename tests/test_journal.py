@@ -21,23 +21,14 @@ from jetstandby import (
     connect,
     ensure_stream,
 )
-from jetstandby.journal.stream import NatsClient, last_message
+from jetstandby.journal.stream import NatsClient, last_message, read_journal
 from jetstandby.server import NatsServer
 from tests.support import body, envelope
 
 
-async def stored_ids(nc: NatsClient, settings: JournalSettings) -> list[str]:
-    """Every message id in the stream, in stream order, read back with a plain consumer."""
-    js = nc.jetstream()
-    info = await js.stream_info(settings.stream)
-    count = info.state.messages
-    sub = await js.subscribe(settings.subject, ordered_consumer=True)
-    ids = []
-    for _ in range(count):
-        msg = await sub.next_msg(timeout=5)
-        ids.append((msg.headers or {}).get("Nats-Msg-Id", "<none>"))
-    await sub.unsubscribe()
-    return ids
+async def stored_ids(nc: NatsClient, settings: JournalSettings) -> list[str | None]:
+    """Every message id in the stream, in stream order."""
+    return [msg_id for msg_id, _ in await read_journal(nc, settings)]
 
 
 @pytest.fixture

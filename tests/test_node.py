@@ -13,11 +13,10 @@ from jetstandby.client import Client
 from jetstandby.config import JournalSettings, NodeSettings, ReplaySettings
 from jetstandby.engines.kv import KeyValueEngine, add, put
 from jetstandby.errors import ConfigError, PromotionRefused, SubmitError
-from jetstandby.journal.stream import close_quietly
+from jetstandby.journal.stream import close_quietly, read_journal
 from jetstandby.node import Node
 from jetstandby.server import NatsServer
 from jetstandby.status import Role
-from tests.support import read_journal
 
 REPLAY = ReplaySettings(
     catch_up_interval=0.05, resubscribe_delay=0.05, resubscribe_failure_delay=0.2
@@ -113,7 +112,7 @@ async def test_deposed_primary_fences_on_its_next_append(
     assert await asyncio.wait_for(a.task, 10) is Role.FENCED
     assert seqs == list(range(4, 4 + len(seqs)))  # every acknowledged one is B's, in order
     nc = await connect(nats_server.url)
-    journal = await read_journal(nc, "JSB_KV", "jsb.kv.journal")
+    journal = await read_journal(nc, JournalSettings(journal="kv"))
     await nc.close()
     marker_at = next(i for i, (_, env) in enumerate(journal) if env.epoch == 2)
     assert journal[marker_at][0] == "2-3-b"

@@ -14,14 +14,15 @@ import pytest
 
 from jetstandby import connect
 from jetstandby.client import Client
+from jetstandby.config import JournalSettings
 from jetstandby.engines.kv import KeyValueEngine, add
 from jetstandby.errors import SubmitError
+from jetstandby.journal.stream import read_journal
 from jetstandby.procs import NodeProcess
 from jetstandby.server import NatsServer
 from jetstandby.state import ReplicatedState
 from jetstandby.wire import Envelope
 from tests.nodeproc import TOKEN, start
-from tests.support import read_journal
 
 
 class Load:
@@ -77,7 +78,7 @@ async def nodes(tmp_path: Path) -> AsyncIterator[list[NodeProcess]]:
 async def journal_of(url: str) -> list[tuple[str, Envelope]]:
     nc = await connect(url)
     try:
-        return await read_journal(nc, "JSB_P", "jsb.p.journal")
+        return await read_journal(nc, JournalSettings(journal="p"))
     finally:
         await nc.close()
 

@@ -18,11 +18,10 @@ from jetstandby.client import Client
 from jetstandby.config import JournalSettings, NodeSettings, ReplaySettings
 from jetstandby.engines.kv import KeyValueEngine, put
 from jetstandby.errors import SubmitError
-from jetstandby.journal.stream import close_quietly
+from jetstandby.journal.stream import close_quietly, read_journal
 from jetstandby.node import Node
 from jetstandby.server import NatsCluster
 from jetstandby.status import Role
-from tests.support import read_journal
 
 
 async def test_no_ack_before_stored_while_quorum_is_lost(nats_cluster: NatsCluster) -> None:
@@ -56,7 +55,7 @@ async def test_no_ack_before_stored_while_quorum_is_lost(nats_cluster: NatsClust
             # fail the journal: the primary still serves.
             assert (await client.submit("Put", 1, put("k", "2"), request_id="after")).seq == 4
         assert node.role is Role.PRIMARY
-        journal = await read_journal(nc, "JSB_Q", "jsb.q.journal")
+        journal = await read_journal(nc, JournalSettings(journal="q"))
         counts = Counter(env.request_id for _, env in journal if env.request_id)
         assert counts == {"before": 1, "q1": 1, "after": 1}
     finally:

@@ -61,11 +61,11 @@ async def run(args: argparse.Namespace, console: Console) -> int:
     return cli.EXIT_OK
 
 
-def _http(method: str, url: str, body: bytes | None, token: str | None) -> tuple[int, Any]:
+def _http(method: str, url: str, body: Any, token: str | None) -> tuple[int, Any]:
     from jetstandby.procs import http_json
 
     try:
-        return http_json(method, url, None if body is None else json.loads(body), token)
+        return http_json(method, url, body, token)
     except OSError as exc:
         raise ConfigError("--admin", f"cannot reach {url}: {exc}") from exc
 
@@ -125,9 +125,7 @@ def _token(args: argparse.Namespace) -> str | None:
 async def promote(args: argparse.Namespace, console: Console) -> int:
     if args.force and not args.reason:
         raise ConfigError("--reason", "is required with --force")
-    body = json.dumps(
-        {"force": args.force, "reason": args.reason, "wait": args.wait, "timeout": args.timeout}
-    ).encode()
+    body = {"force": args.force, "reason": args.reason, "wait": args.wait, "timeout": args.timeout}
     url = args.admin.rstrip("/") + "/admin/promote"
     code, answer = await asyncio.to_thread(_http, "POST", url, body, _token(args))
     console.print_json(data=answer)

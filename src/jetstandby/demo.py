@@ -27,13 +27,13 @@ from rich.live import Live
 from rich.table import Table
 
 from jetstandby.client import Client
+from jetstandby.config import JournalSettings
 from jetstandby.engine import load_engine
 from jetstandby.errors import ConfigError, SubmitError
-from jetstandby.journal import connect
+from jetstandby.journal.stream import connect, read_journal
 from jetstandby.procs import NodeProcess
 from jetstandby.server import NatsCluster, NatsServer
 from jetstandby.state import ReplicatedState
-from jetstandby.wire import Envelope, journal_subject, stream_name
 
 JOURNAL = "demo"
 
@@ -179,7 +179,7 @@ async def verify(
 ) -> dict[str, Any]:
     nc = await connect(url)
     try:
-        journal = await read_all(nc)
+        journal = [env for _, env in await read_journal(nc, JournalSettings(journal=JOURNAL))]
     finally:
         await nc.close()
     applied = Counter(env.request_id for env in journal if env.request_id)
@@ -202,18 +202,6 @@ async def verify(
         "digest": fresh[:16],
         "contiguous": [e.seq for e in journal] == list(range(1, len(journal) + 1)),
     }
-
-
-async def read_all(nc: Any) -> list[Envelope]:
-    from jetstandby import wire
-
-    js = nc.jetstream()
-    count = (await js.stream_info(stream_name(JOURNAL))).state.messages
-    sub = await js.subscribe(journal_subject(JOURNAL), ordered_consumer=True)
-    try:
-        return [wire.decode((await sub.next_msg(timeout=10)).data) for _ in range(count)]
-    finally:
-        await sub.unsubscribe()
 
 
 def summarize(run: Run, checks: dict[str, Any], settings: DemoSettings) -> dict[str, Any]:

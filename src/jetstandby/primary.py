@@ -29,6 +29,7 @@ from jetstandby.errors import (
     JournalError,
     JournalUnavailable,
     UnsupportedCommand,
+    WireError,
 )
 from jetstandby.journal import Ack, CommandJournal, JournalState, Position
 from jetstandby.journal.stream import NatsClient
@@ -144,14 +145,10 @@ class PrimaryService:
             sub.payload,
             sub.request_id,
         )
-        size = len(wire.encode(envelope)) + wire.HEADER_ROOM
-        if size > self._nc.max_payload:
-            self._reject(
-                reply,
-                Code.BAD_REQUEST,
-                f"the command would be {size} bytes with its headers, over the server's "
-                f"max_payload of {self._nc.max_payload}",
-            )
+        try:
+            body = journal.encode(envelope)  # before apply: too big is refused, not applied
+        except WireError as exc:
+            self._reject(reply, Code.BAD_REQUEST, str(exc))
             return
         try:
             result = self._state.apply(envelope)
@@ -161,7 +158,7 @@ class PrimaryService:
             self._reject(reply, Code.UNAVAILABLE, "the primary's engine failed; retry elsewhere")
             return
         try:
-            future = await journal.append(envelope)
+            future = await journal.append(envelope, body=body)
         except JournalError as exc:  # terminal: fenced or failed between the checks
             self._lose(exc)
             self._reject(reply, Code.FENCED, str(exc))

@@ -21,6 +21,7 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
 
+from jetstandby import wire
 from jetstandby.config import JournalSettings
 from jetstandby.errors import JournalUnavailable, StreamMismatch
 from jetstandby.wire import HDR_MSG_ID
@@ -34,6 +35,7 @@ __all__ = [
     "ensure_stream",
     "last_message",
     "message_at",
+    "read_journal",
     "stream_info",
 ]
 
@@ -190,6 +192,31 @@ async def ensure_stream(nc: NatsClient, settings: JournalSettings) -> StreamInfo
         ) from exc
     check_config(info.config, settings)
     return info
+
+
+async def read_journal(
+    nc: NatsClient, settings: JournalSettings, *, timeout: float = 10.0
+) -> list[tuple[str | None, wire.Envelope]]:
+    """Every message of the journal as it is now, in order: ``(Nats-Msg-Id, envelope)``.
+
+    For verification (the demo, the tests), not for replay: it holds the whole journal in
+    memory. Raises :class:`~jetstandby.errors.WireError` on a message that is not an envelope.
+    """
+    try:
+        js = nc.jetstream()
+        count = (await js.stream_info(settings.stream)).state.messages
+        sub = await js.subscribe(settings.subject, ordered_consumer=True)
+        try:
+            out = []
+            for _ in range(count):
+                msg = await sub.next_msg(timeout=timeout)
+                envelope = wire.decode(msg.data, stream_seq=msg.metadata.sequence.stream)
+                out.append(((msg.headers or {}).get(HDR_MSG_ID), envelope))
+            return out
+        finally:
+            await sub.unsubscribe()
+    except (nats.errors.Error, OSError) as exc:
+        raise JournalUnavailable(f"cannot read journal {settings.journal!r}: {exc}") from exc
 
 
 async def stream_info(nc: NatsClient, stream: str, timeout: float) -> StreamInfo:

@@ -160,13 +160,9 @@ class CommandJournal:
     def in_flight(self) -> int:
         return len(self._pending)
 
-    async def append(self, envelope: wire.Envelope) -> asyncio.Future[Ack]:
-        """Publish ``envelope`` (which must carry :attr:`next_seq` and :attr:`epoch`).
-
-        Waits while the window is full, at most ``unavailable_after``. Raises at once, with
-        nothing published, if the journal is fenced, failed or closed, or the body is too big.
-        """
-        self._raise_if_unusable()
+    def encode(self, envelope: wire.Envelope) -> bytes:
+        """The message body of ``envelope``; :class:`WireError` if, with its headers, it would
+        exceed the server's ``max_payload``. Pass the body on to :meth:`append`."""
         body = wire.encode(envelope)
         if len(body) + wire.HEADER_ROOM > self._nc.max_payload:
             raise WireError(
@@ -174,6 +170,20 @@ class CommandJournal:
                 f"{wire.HEADER_ROOM} bytes of headers is over the server's max_payload of "
                 f"{self._nc.max_payload}"
             )
+        return body
+
+    async def append(
+        self, envelope: wire.Envelope, *, body: bytes | None = None
+    ) -> asyncio.Future[Ack]:
+        """Publish ``envelope`` (which must carry :attr:`next_seq` and :attr:`epoch`).
+
+        ``body``: its :meth:`encode`, if the caller has it already. Waits while the window is
+        full, at most ``unavailable_after``. Raises at once, with nothing published, if the
+        journal is fenced, failed or closed, or the body is too big.
+        """
+        self._raise_if_unusable()
+        if body is None:
+            body = self.encode(envelope)
         if self._slots_free > 0:
             self._slots_free -= 1
         else:
