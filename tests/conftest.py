@@ -9,6 +9,22 @@ import pytest
 from jetstandby.server import NatsCluster, NatsServer
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--cycles",
+        type=int,
+        default=None,
+        help="cycles per fault scenario (tests/test_scenarios.py); default: each scenario's own",
+    )
+
+
+@pytest.fixture
+def cycles(request: pytest.FixtureRequest) -> int | None:
+    """``--cycles`` from the command line, or None for each scenario's default."""
+    value = request.config.getoption("--cycles")
+    return None if value is None else int(value)
+
+
 @pytest.fixture
 async def nats_server() -> AsyncIterator[NatsServer]:
     """A started nats-server with JetStream on a fresh temporary store and free ports."""

@@ -1,0 +1,117 @@
+"""``jetstandby bench faults``: the fault-injection scenarios, with their figures.
+
+The same scenario functions run as the slow tests (``tests/test_scenarios.py``). For each
+scenario: cycles run, operations acknowledged, lost / duplicated / unexpected (all must be
+0), and the failover time p50/p99 from the fault (SIGKILL or SIGSTOP of the primary, or a
+cut of its link) to the first acknowledgement by the new primary.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from jetstandby_bench import faults_failover
+from jetstandby_bench.faults_common import ScenarioResult
+
+
+@dataclass(frozen=True)
+class Scenario:
+    run: Callable[[int, Path], Awaitable[ScenarioResult]]
+    default_cycles: int
+    what: str
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "primary_kill": Scenario(
+        faults_failover.primary_kill, 10, "SIGKILL the primary under load, promote, rejoin"
+    ),
+    "zombie": Scenario(
+        faults_failover.zombie, 2, "SIGSTOP / pause-after-publish / double promotion"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class FaultsBench:
+    cycles: int | None = None
+    only: Sequence[str] = ()
+    as_json: bool = False
+    keep: bool = False
+
+
+async def run(bench: FaultsBench) -> dict[str, Any]:
+    """Run the chosen scenarios in order; print the table (or one JSON object); return
+    ``{"scenarios": {name: figures}, "valid": bool}``."""
+    unknown = [name for name in bench.only if name not in SCENARIOS]
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {unknown}; choose from {sorted(SCENARIOS)}")
+    names = list(bench.only) or list(SCENARIOS)
+    console = Console(stderr=True)
+    results: dict[str, ScenarioResult] = {}
+    seconds: dict[str, float] = {}
+    base = Path(tempfile.mkdtemp(prefix="jsb-faults-"))
+    for name in names:
+        scenario = SCENARIOS[name]
+        workdir = base / name
+        workdir.mkdir()
+        console.print(f"[bold]{name}[/bold]: {scenario.what} ...")
+        start = time.monotonic()
+        results[name] = await scenario.run(bench.cycles or scenario.default_cycles, workdir)
+        seconds[name] = round(time.monotonic() - start, 1)
+        if not results[name].valid:
+            console.print(results[name].explain())
+    figures = {name: r.figures() for name, r in results.items()}
+    out = {"scenarios": figures, "valid": all(r.valid for r in results.values())}
+    if bench.as_json:
+        json.dump(figures, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print_table(figures, seconds)
+    if bench.keep or not out["valid"]:
+        console.print(f"histories and node logs kept in {base}")
+    else:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+    return out
+
+
+def print_table(figures: dict[str, dict[str, Any]], seconds: dict[str, float]) -> None:
+    table = Table(title="jetstandby fault scenarios")
+    for column in (
+        "scenario",
+        "cycles",
+        "acknowledged",
+        "lost",
+        "duplicated",
+        "unexpected",
+        "failover p50 ms",
+        "failover p99 ms",
+        "valid",
+        "took s",
+    ):
+        table.add_column(column, justify="left" if column == "scenario" else "right")
+    for name, f in figures.items():
+        table.add_row(
+            name,
+            str(f["cycles"]),
+            f"{f['acknowledged']:,}",
+            str(f["lost"]),
+            str(f["duplicated"]),
+            str(f["unexpected"]),
+            "-" if f["failover_ms_p50"] is None else f"{f['failover_ms_p50']:.1f}",
+            "-" if f["failover_ms_p99"] is None else f"{f['failover_ms_p99']:.1f}",
+            "yes" if f["valid"] else "NO",
+            f"{seconds[name]:.0f}",
+        )
+    Console().print(table)
