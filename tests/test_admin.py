@@ -33,12 +33,36 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from jetstandby.admin import AdminServer, AdminSettings, load_token
-from jetstandby.errors import ConfigError, FencedError, JournalUnavailable, PromotionRefused
-from jetstandby.status import NodeStatus, PromoteResult, Role, Transition
+from jetstandby.errors import (
+    ActionRefused,
+    ConfigError,
+    FencedError,
+    JournalUnavailable,
+    PromotionRefused,
+)
+from jetstandby.snapshots import SnapshotMeta
+from jetstandby.status import NodeStatus, PromoteResult, Role, SkipResult, Transition
 
 TOKEN: Final = "s3cret-Admin_token.42~"
 AUTH: Final = {"Authorization": f"Bearer {TOKEN}"}
 RESULT: Final = PromoteResult(role=Role.PRIMARY, epoch=8, seq=1234, took_ms=12.5, forced=True)
+SKIPPED: Final = SkipResult(
+    stream_seq=9, seq=9, reason="poison", halted_on="bad version", at_unix_ms=1_700_000_000_000
+)
+SNAPSHOT: Final = SnapshotMeta(
+    journal="orders",
+    stream="JSB_ORDERS",
+    engine_name="orderbook",
+    engine_version=3,
+    seq=1500,
+    stream_seq=1502,
+    epoch=7,
+    digest="ab" * 32,
+    sha256="cd" * 32,
+    size=4096,
+    node_id="node-b",
+    taken_at_unix_ms=1_700_000_000_000,
+)
 
 
 def make_status(**changes: Any) -> NodeStatus:
@@ -88,6 +112,8 @@ class FakeControl:
         self.refuse: str | None = None
         self.fail: Exception | None = None  # raised by promote, if set
         self.gate: asyncio.Event | None = None  # promote waits for it (with its timeout)
+        self.skips: list[tuple[int, str]] = []
+        self.snapshots: list[str | None] = []
 
     def status(self) -> NodeStatus:
         return self.current
@@ -103,6 +129,20 @@ class FakeControl:
         if self.gate is not None:
             await asyncio.wait_for(self.gate.wait(), timeout)
         return RESULT
+
+    async def skip(self, *, stream_seq: int, reason: str) -> SkipResult:
+        self.skips.append((stream_seq, reason))
+        if self.refuse is not None:
+            raise ActionRefused(self.refuse)
+        return SKIPPED
+
+    async def take_snapshot(self, *, reason: str | None) -> SnapshotMeta:
+        self.snapshots.append(reason)
+        if self.refuse is not None:
+            raise ActionRefused(self.refuse)
+        if self.fail is not None:
+            raise self.fail
+        return SNAPSHOT
 
 
 class RotatingControl(FakeControl):
@@ -123,6 +163,20 @@ class RotatingControl(FakeControl):
         if outcome == 2:
             raise TimeoutError
         return RESULT
+
+    async def skip(self, *, stream_seq: int, reason: str) -> SkipResult:
+        self.skips.append((stream_seq, reason))
+        if len(self.skips) % 2:
+            raise ActionRefused("replay is not halted")
+        return SKIPPED
+
+    async def take_snapshot(self, *, reason: str | None) -> SnapshotMeta:
+        self.snapshots.append(reason)
+        if len(self.snapshots) % 3 == 1:
+            raise ActionRefused("this node is the primary")
+        if len(self.snapshots) % 3 == 2:
+            raise JournalUnavailable("the bucket did not answer")
+        return SNAPSHOT
 
 
 class BrokenControl(FakeControl):
@@ -305,6 +359,8 @@ async def test_openapi_document_describes_every_endpoint(client: aiohttp.ClientS
         "/metrics": {"get"},
         "/openapi.json": {"get"},
         "/admin/promote": {"post"},
+        "/admin/skip": {"post"},
+        "/admin/snapshot": {"post"},
     }
     promote = document["paths"]["/admin/promote"]["post"]
     assert {"200", "400", "401", "403", "409", "413", "503", "504"} <= promote["responses"].keys()
@@ -615,6 +671,10 @@ FUZZ_CONFIG: Final = schemathesis.Config.from_str(
     [[operations]]
     include-path = "/admin/promote"
     checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "504"]
+
+    [[operations]]
+    include-path = "/admin/snapshot"
+    checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]
     """
 )
 RESPONSE_CHECKS: Final = [
@@ -680,6 +740,8 @@ async def test_fuzz_from_openapi_never_yields_5xx() -> None:
         "GET /readyz",
         "GET /metrics",
         "POST /admin/promote",
+        "POST /admin/skip",
+        "POST /admin/snapshot",
     }
     assert {200, 400, 401, 403, 409, 503, 504} <= statuses.keys()
     assert not statuses.keys() - {200, 400, 401, 403, 409, 503, 504}
@@ -816,3 +878,67 @@ async def test_fuzz_raw_requests_never_yield_5xx(caplog: pytest.LogCaptureFixtur
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not [r for r in errors if r.name.startswith("jetstandby")]
     assert not [r for r in errors if r.getMessage() == "Unhandled exception"]
+
+
+# --- skip and snapshot ---------------------------------------------------------------------
+
+
+async def post(
+    client: aiohttp.ClientSession, path: str, body: bytes | dict[str, Any], headers: dict[str, str]
+) -> tuple[int, Any]:
+    data = msgspec.json.encode(body) if isinstance(body, dict) else body
+    async with client.post(path, data=data, headers=headers) as response:
+        assert response.content_type == "application/json"
+        return response.status, await response.json()
+
+
+async def test_skip_needs_the_token_and_passes_exact_arguments(
+    client: aiohttp.ClientSession, control: FakeControl
+) -> None:
+    body = {"stream_seq": 9, "reason": "poison from a test"}
+    assert (await post(client, "/admin/skip", body, {}))[0] == 401
+    status, answer = await post(client, "/admin/skip", body, AUTH)
+    assert status == 200 and msgspec.convert(answer, SkipResult) == SKIPPED
+    assert control.skips == [(9, "poison from a test")]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"stream_seq": 9}, "reason"),
+        ({"stream_seq": 9, "reason": ""}, "reason"),
+        ({"stream_seq": 9, "reason": "   "}, "reason"),
+        ({"reason": "x"}, "stream_seq"),
+        ({"stream_seq": 0, "reason": "x"}, "stream_seq"),
+        ({"stream_seq": "9", "reason": "x"}, "stream_seq"),
+        ({"stream_seq": 9, "reason": "x", "force": True}, "force"),
+    ],
+)
+async def test_skip_rejects_bad_fields_naming_them(
+    client: aiohttp.ClientSession, control: FakeControl, body: dict[str, Any], field: str
+) -> None:
+    status, answer = await post(client, "/admin/skip", body, AUTH)
+    assert (status, answer["field"]) == (400, field)
+    assert control.skips == []
+
+
+async def test_skip_and_snapshot_refusals_are_409_with_reason(
+    client: aiohttp.ClientSession, control: FakeControl
+) -> None:
+    control.refuse = "replay is not halted"
+    status, answer = await post(client, "/admin/skip", {"stream_seq": 3, "reason": "x"}, AUTH)
+    assert (status, answer) == (409, {"error": "skip refused", "reason": "replay is not halted"})
+    status, answer = await post(client, "/admin/snapshot", b"", AUTH)
+    assert (status, answer["error"]) == (409, "snapshot refused")
+
+
+async def test_snapshot_returns_its_metadata_and_a_store_outage_is_503(
+    client: aiohttp.ClientSession, control: FakeControl
+) -> None:
+    assert (await post(client, "/admin/snapshot", b"", {}))[0] == 401
+    status, answer = await post(client, "/admin/snapshot", {"reason": "before upgrade"}, AUTH)
+    assert status == 200 and msgspec.convert(answer, SnapshotMeta) == SNAPSHOT
+    control.fail = JournalUnavailable("bucket did not answer")
+    status, answer = await post(client, "/admin/snapshot", b"", AUTH)
+    assert (status, answer["error"]) == (503, "snapshot failed; retry later")
+    assert control.snapshots == ["before upgrade", None]

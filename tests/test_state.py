@@ -10,7 +10,12 @@ from hypothesis import strategies as st
 from jetstandby import wire
 from jetstandby.engine import Command, Engine, load_engine
 from jetstandby.engines.kv import KeyValueEngine, add, put
-from jetstandby.errors import ConfigError, HandlerError, ProtocolError, UnsupportedCommand
+from jetstandby.errors import (
+    ConfigError,
+    ProtocolError,
+    UnsupportedCommand,
+    VersionGateError,
+)
 from jetstandby.journal import MemoryFeed, MemoryLog
 from jetstandby.replay import ReplayProgress, promote_channel, run_replay_loop
 from jetstandby.state import ReplicatedState, marker_envelope, marker_msg_id
@@ -115,7 +120,7 @@ async def test_an_unknown_version_halts_a_standby_naming_it() -> None:
     log.publish(wire.encode(marker_envelope(seq=1, epoch=1, node="a", timestamp_ns=0)))
     log.publish(wire.encode(cmd(2, 1, version=7)))
     _sender, signal = promote_channel()
-    with pytest.raises(HandlerError, match="'Put' version 7"):
+    with pytest.raises(VersionGateError, match=r"command seq 2 .*'Put' version 7"):
         await run_replay_loop(
             MemoryFeed(log), ReplicatedState(KeyValueEngine()), ReplayProgress(), signal
         )

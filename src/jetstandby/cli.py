@@ -161,6 +161,14 @@ def _add_node_commands(commands: Any) -> None:
     promote.add_argument("--timeout", type=_positive_float("--timeout"), default=10.0)
     promote.add_argument("--token-file", default=None, help="default: $JETSTANDBY_TOKEN")
 
+    skip = commands.add_parser(
+        "skip", help="let a halted standby pass over the one message it halted at (logged)"
+    )
+    skip.add_argument("--admin", default="http://127.0.0.1:7070", metavar="URL")
+    skip.add_argument("--stream-seq", type=_count("--stream-seq"), required=True)
+    skip.add_argument("--reason", required=True, help="why; logged and kept in status")
+    skip.add_argument("--token-file", default=None, help="default: $JETSTANDBY_TOKEN")
+
     submit = commands.add_parser("submit", help="send one command to the primary")
     submit.add_argument("command_type", metavar="TYPE")
     submit.add_argument("payload", metavar="JSON", help="a JSON object, sent as msgpack")
@@ -276,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": clicommands.run,
         "status": clicommands.status,
         "promote": clicommands.promote,
+        "skip": clicommands.skip,
         "submit": clicommands.submit,
     }[args.command]
     try:

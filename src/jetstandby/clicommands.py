@@ -126,16 +126,26 @@ async def promote(args: argparse.Namespace, console: Console) -> int:
     if args.force and not args.reason:
         raise ConfigError("--reason", "is required with --force")
     body = {"force": args.force, "reason": args.reason, "wait": args.wait, "timeout": args.timeout}
-    url = args.admin.rstrip("/") + "/admin/promote"
+    return await _admin_action(args, console, "promote", body)
+
+
+async def skip(args: argparse.Namespace, console: Console) -> int:
+    body = {"stream_seq": args.stream_seq, "reason": args.reason}
+    return await _admin_action(args, console, "skip", body)
+
+
+async def _admin_action(
+    args: argparse.Namespace, console: Console, action: str, body: dict[str, Any]
+) -> int:
+    """POST an admin action; 409 (refused), 503 and 504 are failures, any other error usage."""
+    url = args.admin.rstrip("/") + f"/admin/{action}"
     code, answer = await asyncio.to_thread(_http, "POST", url, body, _token(args))
     console.print_json(data=answer)
     if code == 200:
         return cli.EXIT_OK
-    print(
-        f"jetstandby: promote answered {code}: {answer.get('reason') or answer.get('error')}",
-        file=sys.stderr,
-    )
-    return cli.EXIT_FAILED if code in (409, 504) else cli.EXIT_USAGE
+    detail = answer.get("reason") or answer.get("detail") or answer.get("error")
+    print(f"jetstandby: {action} answered {code}: {detail}", file=sys.stderr)
+    return cli.EXIT_FAILED if code in (409, 503, 504) else cli.EXIT_USAGE
 
 
 async def submit(args: argparse.Namespace, console: Console) -> int:

@@ -6,7 +6,8 @@ and ``retriable`` says whether trying the same thing again can succeed::
 
     JetstandbyError
     ├── ConfigError              bad settings or flags: fix the named field
-    ├── PromotionRefused         promotion is unsafe now; ``reason`` says why (HTTP 409)
+    ├── ActionRefused            an operator action is unsafe now; ``reason`` says why (409)
+    │   └── PromotionRefused     promotion is unsafe now
     ├── ServerError              the embedded nats-server would not start or stop
     ├── UnsupportedCommand       the engine does not accept this command type or version
     ├── SubmitError              a submission failed (``code`` says why; ``retriable``)
@@ -21,7 +22,10 @@ and ``retriable`` says whether trying the same thing again can succeed::
     └── ReplayError              the standby halted; nothing after ``seq`` was applied
         ├── SequenceGapError     the journal skips command seqs
         ├── HandlerError         the handler raised on a command
-        └── ProtocolError        a message breaks the protocol (bad envelope, stale epoch)
+        ├── ProtocolError        a message breaks the protocol (bad envelope, stale epoch)
+        │   └── VersionGateError a command type or version this node's engine cannot apply
+        ├── DivergenceError      a checkpoint's digest differs from this node's: it diverged
+        └── HistoryLost          the stream no longer holds the commands replay needs next
 """
 
 from __future__ import annotations
@@ -42,12 +46,21 @@ class ConfigError(JetstandbyError, ValueError):
         self.problem = problem
 
 
-class PromotionRefused(JetstandbyError):
-    """Promotion was refused; ``reason`` says what a person can do about it."""
+class ActionRefused(JetstandbyError):
+    """An operator action (skip, snapshot, promote) was refused; ``reason`` says what a person
+    can do about it."""
+
+    action = "action"
 
     def __init__(self, reason: str) -> None:
-        super().__init__(f"promotion refused: {reason}")
+        super().__init__(f"{self.action} refused: {reason}")
         self.reason = reason
+
+
+class PromotionRefused(ActionRefused):
+    """Promotion was refused; ``reason`` says what a person can do about it."""
+
+    action = "promotion"
 
 
 class ServerError(JetstandbyError):
@@ -170,3 +183,33 @@ class HandlerError(ReplayError):
 
 class ProtocolError(ReplayError):
     """A message breaks the replication protocol (malformed envelope, stale epoch, ...)."""
+
+
+class VersionGateError(ProtocolError):
+    """The journal holds a command type or version this node's engine cannot apply.
+
+    Replay halts before it; upgrade this node's engine (never skip the command)."""
+
+
+class DivergenceError(ReplayError):
+    """A checkpoint says the primary's state digest after ``checkpoint_seq`` differs from this
+    node's: replay is not deterministic here. Terminal: the node must never be promoted, even
+    by force; rebuild it from a snapshot or a full replay."""
+
+    def __init__(
+        self, message: str, *, seq: int, checkpoint_seq: int, expected: str, actual: str
+    ) -> None:
+        super().__init__(message, seq=seq)
+        self.checkpoint_seq = checkpoint_seq
+        self.expected = expected
+        self.actual = actual
+
+
+class HistoryLost(ReplayError):
+    """The stream's retention limits removed commands this node has not replayed yet: the
+    stream now starts at ``first_stream_seq``, replay needs ``stream_seq``. Re-bootstrap from a
+    newer snapshot, or halt; never skip the gap."""
+
+    def __init__(self, message: str, *, stream_seq: int, first_stream_seq: int) -> None:
+        super().__init__(message, stream_seq=stream_seq)
+        self.first_stream_seq = first_stream_seq

@@ -20,19 +20,24 @@ from jetstandby import wire
 from jetstandby.config import NodeSettings
 from jetstandby.engine import Engine
 from jetstandby.errors import (
+    ActionRefused,
     ConfigError,
+    DivergenceError,
     FencedError,
+    HistoryLost,
     JetstandbyError,
     PromotionRefused,
     ReplayError,
+    WireError,
 )
 from jetstandby.journal import CommandJournal, JetStreamFeed, Position
 from jetstandby.journal.marker import append_fenced
 from jetstandby.journal.stream import NatsClient, message_at
 from jetstandby.primary import PrimaryService
 from jetstandby.replay import ReplayProgress, promote_channel, run_replay_loop
+from jetstandby.snapshots.meta import SnapshotMeta
 from jetstandby.state import ReplicatedState, marker_envelope, marker_msg_id
-from jetstandby.status import NodeStatus, PromoteResult, Role, Transition
+from jetstandby.status import NodeStatus, PromoteResult, Role, SkipResult, Transition
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +70,8 @@ class Node:
         self._apply_rate = 0.0
         self._digest: tuple[int, str] = (-1, "")
         self._last_error: str | None = None
+        self._resume = asyncio.Event()
+        self._skipped: list[SkipResult] = []
 
     # -- running ----------------------------------------------------------------------------
 
@@ -81,10 +88,8 @@ class Node:
         self._started.set()
         ticker = asyncio.get_running_loop().create_task(self._tick())
         try:
-            if await self._replay_until_promoted():
-                await self._finished.wait()
-            else:
-                await asyncio.Event().wait()  # halted: stay up for the operator
+            await self._replay_until_promoted()
+            await self._finished.wait()
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -97,8 +102,8 @@ class Node:
         """Return once :meth:`run` has opened the journal stream (promotion can be asked)."""
         await self._started.wait()
 
-    async def _replay_until_promoted(self) -> bool:
-        """Replay until a promotion succeeds (True) or replay halts (False)."""
+    async def _replay_until_promoted(self) -> None:
+        """Replay until a promotion succeeds. A halted replay waits, up, for an operator."""
         while True:
             try:
                 await run_replay_loop(
@@ -110,9 +115,8 @@ class Node:
                     settings=self.settings.replay,
                 )
             except ReplayError as exc:
-                self._last_error = str(exc)
-                self._fail_promotion(PromotionRefused(f"replay halted: {exc}"))
-                return False
+                await self._wait_out_halt(exc)
+                continue
             self._transition(Role.PROMOTING, "promote signal")
             try:
                 result = await self._take_over()
@@ -126,7 +130,17 @@ class Node:
             self._transition(Role.PRIMARY, f"epoch {result.epoch} from seq {result.seq}")
             assert self._promotion is not None
             self._promotion.set_result(result)
-            return True
+            return
+
+    async def _wait_out_halt(self, error: ReplayError) -> None:
+        """Stay halted until an operator action (:meth:`skip`) clears the halt."""
+        self._last_error = str(error)
+        self._fail_promotion(PromotionRefused(f"replay halted: {error}"))
+        await self._resume.wait()  # set by skip(), which may come before we get here
+        self._resume.clear()
+        self._last_error = None
+        # A promote latched while halted must not fire on its own once replay resumes.
+        self._sender, self._signal = promote_channel()
 
     def _position(self) -> Position:
         return Position(
@@ -284,6 +298,75 @@ class Node:
             self._promotion.exception()  # retrieved: a refusal nobody awaits is not an error
         self._promotion = None
 
+    # -- operator actions -------------------------------------------------------------------
+
+    async def skip(self, *, stream_seq: int, reason: str) -> SkipResult:
+        """Pass over the one message replay halted on, and resume. Logged loudly.
+
+        Raises :class:`ActionRefused` unless replay is halted at exactly ``stream_seq`` on a
+        message a skip can clear (not a divergence or lost history), :class:`ConfigError`
+        for a blank reason, :class:`JournalUnavailable` if the message cannot be read."""
+        if not reason.strip():
+            raise ConfigError("reason", "a skip needs a reason: it is logged and kept in status")
+        async with self._promote_lock:  # one operator action at a time
+            return await self._skip(stream_seq, reason)
+
+    async def _skip(self, stream_seq: int, reason: str) -> SkipResult:
+        error = self._check_skippable(stream_seq)
+        envelope = await self._envelope_at(stream_seq)
+        consumed = None
+        if envelope is not None and envelope.seq == self.state.last_seq + 1:
+            self.state.skip_command(envelope)
+            consumed = envelope.seq
+        record = SkipResult(
+            stream_seq=stream_seq,
+            seq=consumed,
+            reason=reason,
+            halted_on=str(error),
+            at_unix_ms=time.time_ns() // 1_000_000,
+        )
+        self._skipped.append(record)
+        logger.warning(
+            "OPERATOR SKIP of stream seq %d (command seq %s) on %s: reason=%r; halted on: %s",
+            stream_seq,
+            consumed,
+            self.settings.node_id,
+            reason,
+            error,
+        )
+        self.progress.resume(stream_seq)
+        self._resume.set()
+        return record
+
+    async def take_snapshot(self, *, reason: str | None) -> SnapshotMeta:
+        """Snapshot this standby's state now and store it."""
+        raise ActionRefused("snapshots are not wired into the node yet")
+
+    def _check_skippable(self, stream_seq: int) -> ReplayError:
+        error = self.progress.error
+        if error is None:
+            raise ActionRefused("replay is not halted: there is nothing to skip")
+        if isinstance(error, DivergenceError | HistoryLost):
+            raise ActionRefused(
+                f"replay halted on {error}; skipping a message cannot repair that: "
+                "rebuild this node from a snapshot or a full replay"
+            )
+        if error.stream_seq != stream_seq:
+            raise ActionRefused(
+                f"replay halted at stream seq {error.stream_seq}; only that message can be "
+                f"skipped, not stream seq {stream_seq}"
+            )
+        return error
+
+    async def _envelope_at(self, stream_seq: int) -> wire.Envelope | None:
+        message = await message_at(self._nc, self.settings.journal, stream_seq)
+        if message is None:
+            return None
+        try:
+            return wire.decode(message.data, stream_seq=stream_seq)
+        except WireError:
+            return None
+
     # -- status -----------------------------------------------------------------------------
 
     def _transition(self, to: Role, reason: str) -> None:
@@ -350,6 +433,7 @@ class Node:
             submissions_rejected=primary.rejected if primary else 0,
             submissions_deduplicated=primary.deduplicated if primary else 0,
             transitions=list(self._transitions),
+            skipped=list(self._skipped),
         )
 
     def _apply_delay_ms(self) -> float | None:

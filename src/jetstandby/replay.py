@@ -28,6 +28,8 @@ from jetstandby.errors import (
     ProtocolError,
     ReplayError,
     SequenceGapError,
+    UnsupportedCommand,
+    VersionGateError,
     WireError,
 )
 from jetstandby.journal.base import Feed, Position, Subscription
@@ -117,6 +119,11 @@ class ReplayProgress:
         self.error = error
         self.caught_up = False
         self._notify()
+
+    def resume(self, stream_seq: int) -> None:
+        """An operator action cleared the halt; replay goes on after ``stream_seq``."""
+        self.error = None
+        self.set_replay_cursor(stream_seq)
 
     async def wait_for(
         self, predicate: Callable[[ReplayProgress], bool], timeout: float | None = None
@@ -325,6 +332,16 @@ class _ReplayRun:
             return
         try:
             self._handler.handle_command(command)
+        except UnsupportedCommand as exc:
+            self._halt(
+                VersionGateError(
+                    f"command seq {seq} (stream seq {stream_seq}): {exc}; upgrade this node's "
+                    "engine before it replays on (a command is never skipped silently)",
+                    seq=seq,
+                    stream_seq=stream_seq,
+                )
+            )
+            return
         except ReplayError as exc:  # the handler found a protocol violation (a stale epoch)
             exc.seq, exc.stream_seq = seq, stream_seq
             self._halt(exc)

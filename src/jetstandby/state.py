@@ -100,6 +100,13 @@ class ReplicatedState:
         self._advance(envelope, wire.msg_id(envelope.epoch, envelope.seq))
         return result
 
+    def skip_command(self, envelope: wire.Envelope) -> None:
+        """Count ``envelope``'s seq as consumed without applying it: an operator's explicit
+        skip of a poison message. The engine, the epoch and the exactly-once record are left
+        as they were; a checkpoint will tell if the primary did apply it."""
+        self.last_seq = envelope.seq
+        self.last_msg_id = wire.msg_id(envelope.epoch, envelope.seq)
+
     # -- what the primary asks -----------------------------------------------------------
 
     def check_supported(self, command_type: str, command_version: int) -> None:

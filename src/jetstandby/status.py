@@ -10,6 +10,8 @@ from typing import Protocol
 
 import msgspec
 
+from jetstandby.snapshots.meta import SnapshotMeta
+
 
 class Role(StrEnum):
     """A node's role. ``fenced`` (a deposed primary) is terminal."""
@@ -59,6 +61,21 @@ class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
     submissions_rejected: int = 0
     submissions_deduplicated: int = 0
     transitions: list[Transition] = msgspec.field(default_factory=list)
+    #: Messages an operator skipped, oldest first.
+    skipped: list[SkipResult] = msgspec.field(default_factory=list)
+
+
+class SkipResult(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /admin/skip``: the one message an operator told a halted standby to pass over.
+
+    ``seq`` is the command seq it consumed, or ``None`` if the message carried none that fits
+    (undecodable bytes, a command seq that is not the next one)."""
+
+    stream_seq: int
+    seq: int | None
+    reason: str
+    halted_on: str
+    at_unix_ms: int
 
 
 class PromoteResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,3 +97,7 @@ class NodeControl(Protocol):
     async def promote(
         self, *, force: bool, reason: str | None, wait: bool, timeout: float
     ) -> PromoteResult: ...
+
+    async def skip(self, *, stream_seq: int, reason: str) -> SkipResult: ...
+
+    async def take_snapshot(self, *, reason: str | None) -> SnapshotMeta: ...

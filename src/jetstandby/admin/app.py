@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from jetstandby.admin import operator
 from jetstandby.admin.http import JSON, error_middleware, json_response
 from jetstandby.admin.openapi import openapi_document
 from jetstandby.admin.promote import MAX_BODY_BYTES, promote
@@ -51,6 +52,12 @@ class _Handlers:
     async def promote(self, request: web.Request) -> web.Response:
         return await promote(request, self._control, self._token)
 
+    async def skip(self, request: web.Request) -> web.Response:
+        return await operator.skip(request, self._control, self._token)
+
+    async def snapshot(self, request: web.Request) -> web.Response:
+        return await operator.snapshot(request, self._control, self._token)
+
 
 def build_app(control: NodeControl, token: str | None, metrics: Collector) -> web.Application:
     handlers = _Handlers(control, token, metrics)
@@ -62,4 +69,6 @@ def build_app(control: NodeControl, token: str | None, metrics: Collector) -> we
     app.router.add_get("/metrics", handlers.metrics, allow_head=False)
     app.router.add_get("/openapi.json", handlers.openapi, allow_head=False)
     app.router.add_post("/admin/promote", handlers.promote)
+    app.router.add_post("/admin/skip", handlers.skip)
+    app.router.add_post("/admin/snapshot", handlers.snapshot)
     return app

@@ -11,8 +11,10 @@ from typing import Any, Final
 
 import msgspec
 
+from jetstandby.admin.operator import SkipRequest, SnapshotRequest
 from jetstandby.admin.promote import MAX_TIMEOUT, PromoteRequest
-from jetstandby.status import NodeStatus, PromoteResult
+from jetstandby.snapshots.meta import SnapshotMeta
+from jetstandby.status import NodeStatus, PromoteResult, SkipResult
 
 _REF: Final = "#/components/schemas/{name}"
 _JSON: Final = "application/json"
@@ -50,8 +52,18 @@ def _error(
 
 def _schemas() -> JsonObject:
     _, schemas = msgspec.json.schema_components(
-        [NodeStatus, PromoteResult, PromoteRequest], ref_template=_REF
+        [
+            NodeStatus,
+            PromoteResult,
+            PromoteRequest,
+            SkipRequest,
+            SkipResult,
+            SnapshotRequest,
+            SnapshotMeta,
+        ],
+        ref_template=_REF,
     )
+    schemas["SkipRequest"]["properties"]["reason"]["pattern"] = r"\S"
     request = schemas["PromoteRequest"]
     request["description"] = (
         f"All fields optional; an empty body means {{}}. timeout is in seconds, "
@@ -99,40 +111,91 @@ _CHALLENGE: Final = {
 }
 
 
-def _promote(auth_required: bool) -> JsonObject:
-    responses: JsonObject = {
-        "200": _response("Promoted (or already primary).", _ref("PromoteResult")),
-        "400": _error(
-            "Malformed JSON, a non-object body, an unknown field, a wrong type or value, or "
-            "force without a reason. `field` names the offending field when there is one.",
-            "BadRequest",
-        ),
-    }
+def _action(
+    summary: str,
+    request: str,
+    *,
+    auth_required: bool,
+    ok: JsonObject,
+    bad_request: str,
+    refused: str,
+    more: JsonObject | None = None,
+) -> JsonObject:
+    """An authenticated POST taking a JSON body: the responses every admin action shares."""
+    responses: JsonObject = {"200": ok, "400": _error(bad_request, "BadRequest")}
     if auth_required:
         responses["401"] = _error("No bearer token.", headers={"WWW-Authenticate": _CHALLENGE})
         responses["403"] = _error("The bearer token is wrong.")
-    responses["409"] = _error("The node refused to promote; `reason` says why.", "Refused")
+    responses["409"] = _error(refused, "Refused")
     responses["413"] = _error("The request body is larger than 64 KiB.")
     responses["500"] = _error(_UNEXPECTED)
     responses["503"] = _error(
         "A retriable failure (e.g. the journal did not answer in time); `detail` says which.",
         "Retriable",
     )
-    responses["504"] = _error(
-        "wait=true and the promotion did not complete within `timeout` seconds. The "
-        "promotion may still complete: check GET /status.",
-        "Timeout",
-    )
+    responses.update(more or {})
     operation: JsonObject = {
-        "summary": "Promote this node to primary.",
+        "summary": summary,
         "requestBody": {
-            "required": False,
-            "content": {_JSON: {"schema": _ref("PromoteRequest")}},
+            "required": request == "SkipRequest",
+            "content": {_JSON: {"schema": _ref(request)}},
         },
         "responses": responses,
         "security": [{"bearerAuth": []}] if auth_required else [],
     }
     return {"post": operation}
+
+
+def _promote(auth_required: bool) -> JsonObject:
+    return _action(
+        "Promote this node to primary.",
+        "PromoteRequest",
+        auth_required=auth_required,
+        ok=_response("Promoted (or already primary).", _ref("PromoteResult")),
+        bad_request=(
+            "Malformed JSON, a non-object body, an unknown field, a wrong type or value, or "
+            "force without a reason. `field` names the offending field when there is one."
+        ),
+        refused="The node refused to promote; `reason` says why.",
+        more={
+            "504": _error(
+                "wait=true and the promotion did not complete within `timeout` seconds. The "
+                "promotion may still complete: check GET /status.",
+                "Timeout",
+            )
+        },
+    )
+
+
+def _skip(auth_required: bool) -> JsonObject:
+    return _action(
+        "Skip the one message a halted replay stopped at, and resume. Logged with the reason.",
+        "SkipRequest",
+        auth_required=auth_required,
+        ok=_response("Skipped; replay resumes after it.", _ref("SkipResult")),
+        bad_request=(
+            "Malformed JSON, a missing or unknown field, a wrong type or value, or a blank "
+            "reason. `field` names the offending field when there is one."
+        ),
+        refused=(
+            "Replay is not halted, halted at another stream seq, or halted on something a "
+            "skip cannot repair (divergence, lost history); `reason` says which."
+        ),
+    )
+
+
+def _snapshot(auth_required: bool) -> JsonObject:
+    return _action(
+        "Take a snapshot of this standby's state now and store it in the snapshot bucket.",
+        "SnapshotRequest",
+        auth_required=auth_required,
+        ok=_response("Stored; its metadata.", _ref("SnapshotMeta")),
+        bad_request="Malformed JSON, a non-object body, an unknown field or a wrong type.",
+        refused=(
+            "The node cannot take one now: it is a primary (which never pauses for a "
+            "snapshot), it is halted or diverged, or it has not restored its state yet."
+        ),
+    )
 
 
 def _paths(auth_required: bool) -> JsonObject:
@@ -164,6 +227,8 @@ def _paths(auth_required: bool) -> JsonObject:
             {"200": _response("OpenAPI 3.1 document.", {"type": "object"})},
         ),
         "/admin/promote": _promote(auth_required),
+        "/admin/skip": _skip(auth_required),
+        "/admin/snapshot": _snapshot(auth_required),
     }
 
 

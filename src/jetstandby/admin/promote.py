@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-from typing import Annotated, Final
+from typing import Annotated, Final, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -21,7 +21,9 @@ MAX_REASON_LENGTH: Final = 1000
 MAX_BODY_BYTES: Final = 64 * 1024
 
 _AT_FIELD: Final = re.compile(r" - at `\$\.?(?P<field>[^`]*)`$")
-_UNKNOWN_FIELD: Final = re.compile(r"unknown field `(?P<field>.*)`$", re.DOTALL)
+_UNKNOWN_FIELD: Final = re.compile(
+    r"(?:unknown|missing required) field `(?P<field>.*)`$", re.DOTALL
+)
 _CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="jetstandby"'}
 
 
@@ -38,22 +40,36 @@ def check_bearer(request: web.Request, token: str | None) -> web.Response | None
     scheme, _, presented = request.headers.get("Authorization", "").strip().partition(" ")
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
-        logger.warning("admin API: promote without bearer credentials from %s", request.remote)
+        logger.warning(
+            "admin API: %s without bearer credentials from %s", request.path, request.remote
+        )
         return json_error(401, "bearer token required", headers=_CHALLENGE)
     # Compare bytes: compare_digest refuses non-ASCII str, and headers may carry anything.
     if not hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), token.encode()):
-        logger.warning("admin API: promote with a wrong bearer token from %s", request.remote)
+        logger.warning(
+            "admin API: %s with a wrong bearer token from %s", request.path, request.remote
+        )
         return json_error(403, "bearer token not accepted")
     return None
 
 
-def parse_promote(body: bytes) -> PromoteRequest | web.Response:
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+def parse_body(body: bytes, kind: type[T]) -> T | web.Response:
+    """Decode a JSON request body (empty means ``{}``), or a 400 naming the bad field."""
     try:
-        request = msgspec.json.decode(body.strip() or b"{}", type=PromoteRequest)
+        return msgspec.json.decode(body.strip() or b"{}", type=kind)
     except msgspec.ValidationError as exc:
         return _invalid(str(exc))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return json_error(400, f"request body is not valid JSON: {exc}", field=None)
+
+
+def parse_promote(body: bytes) -> PromoteRequest | web.Response:
+    request = parse_body(body, PromoteRequest)
+    if isinstance(request, web.Response):
+        return request
     if request.force and not (request.reason or "").strip():
         return json_error(400, "force=true requires a non-empty reason", field="reason")
     return request
