@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--count", type=_count("--count"), default=200_000)
     engine.add_argument("--runs", type=_count("--runs"), default=3)
     engine.add_argument("--json", action="store_true")
+    _add_e2e_bench(which)
 
     server = commands.add_parser("server", help="run an embedded nats-server in the foreground")
     server.add_argument("--port", type=int, default=None)
@@ -121,6 +122,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="fsync: the server acknowledges only after fsync (sync_interval: always)",
     )
     return parser
+
+
+def _add_e2e_bench(which: Any) -> None:
+    e2e = which.add_parser(
+        "e2e",
+        help="end to end: throughput, lag, failover, memory, cluster (processes, real server)",
+    )
+    seconds = _positive_float
+    e2e.add_argument("--duration", type=seconds("--duration"), default=10.0, help="max-rate run")
+    e2e.add_argument("--warmup", type=seconds("--warmup"), default=2.0)
+    e2e.add_argument("--lag-duration", type=seconds("--lag-duration"), default=10.0)
+    e2e.add_argument("--client-procs", type=_count("--client-procs"), default=2)
+    e2e.add_argument("--concurrency", type=_count("--concurrency"), default=64, help="per proc")
+    e2e.add_argument("--connections", type=_count("--connections"), default=4, help="per proc")
+    e2e.add_argument("--failovers", type=_count("--failovers"), default=10)
+    e2e.add_argument("--failover-rate", type=seconds("--failover-rate"), default=500.0)
+    e2e.add_argument("--memory-count", type=_count("--memory-count"), default=5_000_000)
+    e2e.add_argument("--baseline-count", type=_count("--baseline-count"), default=200_000)
+    e2e.add_argument("--runs", type=_count("--runs"), default=3, help="baseline runs")
+    e2e.add_argument("--profile-duration", type=seconds("--profile-duration"), default=5.0)
+    for phase in ("cluster", "memory", "failover", "profile"):
+        e2e.add_argument(f"--skip-{phase}", action="store_true")
+    e2e.add_argument("--report-dir", default="reports", help="where chart.png and summary.json go")
+    e2e.add_argument("--no-report", action="store_true")
+    e2e.add_argument("--json", action="store_true")
 
 
 def _add_node_commands(commands: Any) -> None:
@@ -237,6 +263,35 @@ async def _bench(args: argparse.Namespace, console: Console) -> int:
         from jetstandby_bench.engine import run as run_engine
 
         result = await run_engine(EngineBench(args.count, args.runs, as_json=args.json))
+    elif args.bench == "e2e":
+        from jetstandby_bench.e2e import E2EBench
+        from jetstandby_bench.e2e import run as run_e2e
+        from jetstandby_bench.e2e_phases import LoadShape
+
+        result = await run_e2e(
+            E2EBench(
+                duration=args.duration,
+                warmup=args.warmup,
+                lag_duration=args.lag_duration,
+                shape=LoadShape(
+                    client_procs=args.client_procs,
+                    concurrency=args.concurrency,
+                    connections=args.connections,
+                ),
+                failovers=args.failovers,
+                failover_rate=args.failover_rate,
+                memory_count=args.memory_count,
+                baseline_count=args.baseline_count,
+                runs=args.runs,
+                profile_duration=args.profile_duration,
+                skip_cluster=args.skip_cluster,
+                skip_memory=args.skip_memory,
+                skip_failover=args.skip_failover,
+                skip_profile=args.skip_profile,
+                report_dir=None if args.no_report else Path(args.report_dir),
+                as_json=args.json,
+            )
+        )
     else:
         from jetstandby_bench.journal import JournalBench
         from jetstandby_bench.journal import run as run_journal

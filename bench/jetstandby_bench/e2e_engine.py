@@ -1,0 +1,108 @@
+"""A bench-only order-book engine that records when each command is applied.
+
+Nodes of ``jetstandby bench e2e`` run the real ``jetstandby run`` with
+``--engine jetstandby_bench.e2e_engine:RecordingOrderBook``: the same Node, replay loop and
+primary as production, and the same order book, plus what the bench needs to observe, all
+switched by environment variables (no change to ``src/``):
+
+- ``JSB_E2E_APPLY_LOG=path``: record ``(seq, apply time, primary stamp)`` of every applied
+  command (``time.time_ns()``, the clock every process on this machine shares) into a
+  preallocated array of ``JSB_E2E_APPLY_CAP`` rows, written to ``path`` at exit;
+- ``JSB_E2E_RSS_LOG=path``: every ``JSB_E2E_RSS_EVERY`` applies, note ``(applies, time, RSS)``
+  of this process; written to ``path`` at exit, and as soon as ``JSB_E2E_EXPECT`` commands
+  have been applied (so the bench learns replay finished without polling the node);
+- ``JSB_E2E_PROFILE=path``: run the process under cProfile and dump the stats at exit.
+
+Files are written to ``path + ".tmp"`` and renamed, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+from array import array
+from typing import Final
+
+from jetstandby.engine import Command
+from jetstandby.engines.orderbook import OrderBookEngine
+
+APPLY_COLUMNS: Final = 3  # seq, apply time (ns), the primary's stamp (ns)
+RSS_COLUMNS: Final = 3  # applies, time (ns), RSS (bytes)
+DEFAULT_CAP: Final = 1_000_000
+_PAGE: Final = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size of a process, from ``/proc/<pid>/statm`` (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
+
+
+class RecordingOrderBook(OrderBookEngine):
+    """:class:`OrderBookEngine` plus the records described in the module docstring."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._apply_log = os.environ.get("JSB_E2E_APPLY_LOG")
+        self._rss_log = os.environ.get("JSB_E2E_RSS_LOG")
+        self._rss_every = int(os.environ.get("JSB_E2E_RSS_EVERY", "50000"))
+        self._expect = int(os.environ.get("JSB_E2E_EXPECT", "0"))
+        self._applies = 0
+        cap = int(os.environ.get("JSB_E2E_APPLY_CAP", str(DEFAULT_CAP))) if self._apply_log else 0
+        self._cap = cap
+        self._rows = array("q", bytes(8 * APPLY_COLUMNS * cap))
+        self._rss = array("q")
+        self._note_rss()
+        profile_path = os.environ.get("JSB_E2E_PROFILE")
+        if profile_path:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+            atexit.register(_dump_profile, profiler, profile_path)
+        atexit.register(self.dump)
+
+    def apply(self, command: Command) -> bytes:
+        result = super().apply(command)
+        n = self._applies
+        self._applies = n + 1
+        if n < self._cap:
+            rows, i = self._rows, n * APPLY_COLUMNS
+            rows[i] = command.seq
+            rows[i + 1] = time.time_ns()
+            rows[i + 2] = command.timestamp_ns
+        if self._rss_log and ((n + 1) % self._rss_every == 0 or n + 1 == self._expect):
+            self._note_rss()
+            if n + 1 == self._expect:
+                self.dump()
+        return result
+
+    def _note_rss(self) -> None:
+        self._rss.extend((self._applies, time.time_ns(), rss_bytes()))
+
+    def dump(self) -> None:
+        """Write the records (idempotent: a later dump replaces an earlier one)."""
+        if self._apply_log:
+            used = min(self._applies, self._cap) * APPLY_COLUMNS
+            write_atomically(self._apply_log, self._rows[:used].tobytes())
+        if self._rss_log:
+            write_atomically(self._rss_log, self._rss.tobytes())
+
+
+def _dump_profile(profiler: object, path: str) -> None:
+    import cProfile
+
+    assert isinstance(profiler, cProfile.Profile)
+    profiler.disable()
+    profiler.dump_stats(path)

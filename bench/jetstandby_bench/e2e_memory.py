@@ -1,0 +1,125 @@
+"""Memory: a standby's RSS while it replays a long journal from command 1.
+
+The journal is written first, as a primary would write it (an epoch marker fenced on the
+empty stream, then the commands through ``CommandJournal``, each with a request id so the
+exactly-once record fills too), with the bounded order-book mix of :mod:`e2e_load`. Then a
+standby process replays all of it; its engine notes its own RSS every ``RSS_EVERY`` commands
+and the bench samples the RSS from outside every ``SAMPLE_EVERY`` seconds as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, Final
+
+from jetstandby.config import JournalSettings
+from jetstandby.journal import Position
+from jetstandby.journal.marker import append_fenced
+from jetstandby.journal.stream import close_quietly, connect, ensure_stream, stream_info
+from jetstandby.state import marker_envelope, marker_msg_id
+from jetstandby.wire import Envelope, encode
+from jetstandby_bench.e2e_engine import rss_bytes
+from jetstandby_bench.e2e_load import bounded_orders
+from jetstandby_bench.e2e_procs import read_rows, start_node, stop_node
+
+JOURNAL: Final = "e2e_memory"
+RSS_EVERY: Final = 50_000
+ACK_EVERY: Final = 1_000
+SAMPLE_EVERY: Final = 0.5
+MB: Final = 1024 * 1024
+
+
+async def write_journal(url: str, count: int, seed: int = 11) -> float:
+    """Write an epoch marker and ``count`` commands; returns commands per second.
+
+    The marker goes through the fenced path a primary uses. The commands are published raw
+    (no fencing headers, which a standby does not read) for speed, each 1,000th as a request
+    whose JetStream acknowledgement also covers the ones before it on this connection; the
+    stream's last seq is checked at the end.
+    """
+    settings = JournalSettings(journal=JOURNAL)
+    nc = await connect(url, name="jetstandby-bench-writer")
+    try:
+        await ensure_stream(nc, settings)
+        marker = marker_envelope(seq=1, epoch=1, node="bench", timestamp_ns=time.time_ns())
+        msg_id = marker_msg_id(1, 1, "bench")
+        await append_fenced(nc, settings, marker, msg_id=msg_id, after=Position())
+        subject, last = settings.subject, count + 1
+        start = time.perf_counter()
+        for seq, (ctype, version, payload) in enumerate(bounded_orders(seed, count), start=2):
+            body = encode(Envelope(1, seq, 1, time.time_ns(), ctype, version, payload, f"m{seq}"))
+            if seq % ACK_EVERY and seq != last:
+                await nc.publish(subject, body)
+                continue
+            reply = await nc.request(subject, body, timeout=30)
+            if b"error" in reply.data:
+                raise RuntimeError(f"JetStream refused command {seq}: {reply.data!r}")
+        elapsed = time.perf_counter() - start
+        stored = (await stream_info(nc, settings.stream, 10)).state.last_seq
+        if stored != last:
+            raise RuntimeError(f"the stream ends at {stored}, not at {last}: messages were lost")
+    finally:
+        await close_quietly(nc)
+    return count / elapsed
+
+
+async def measure(
+    workdir: Path, url: str, token: str, count: int, timeout: float
+) -> dict[str, Any]:
+    """Replay ``count`` commands (already written) into a fresh standby; its RSS over time."""
+    rss_log = workdir / "memory.rss"
+    node = await start_node(
+        workdir,
+        "mem",
+        url,
+        token=token,
+        journal=JOURNAL,
+        role="standby",
+        replicas=1,
+        env={
+            "JSB_E2E_RSS_LOG": str(rss_log),
+            "JSB_E2E_RSS_EVERY": str(RSS_EVERY),
+            "JSB_E2E_EXPECT": str(count),
+        },
+    )
+    outside: list[tuple[float, float]] = []
+    start = time.monotonic()
+    try:
+        while not rss_log.exists():
+            if node.proc.returncode is not None:
+                raise RuntimeError(f"the memory standby exited ({node.proc.returncode})")
+            if time.monotonic() - start > timeout:
+                raise TimeoutError(f"the standby did not replay {count:,} commands in {timeout}s")
+            outside.append((round(time.monotonic() - start, 2), rss_bytes(node.proc.pid) / MB))
+            await asyncio.sleep(SAMPLE_EVERY)
+        elapsed = time.monotonic() - start
+    finally:
+        await stop_node(node)
+    inside = read_rows(rss_log, 3)  # applies, time_ns, rss bytes
+    return summarize(inside, outside, count, elapsed)
+
+
+def summarize(
+    inside: Any, outside: list[tuple[float, float]], count: int, elapsed: float
+) -> dict[str, Any]:
+    early = count // 5  # 1M of the default 5M
+
+    def rss_at(applied: int) -> float:
+        at = inside[inside[:, 0] >= applied]
+        return round(float(at[0, 2]) / MB, 1) if len(at) else 0.0
+
+    rss_early, rss_end = rss_at(early), rss_at(count)
+    return {
+        "count": count,
+        "early_count": early,
+        "rss_mb_start": round(float(inside[0, 2]) / MB, 1) if len(inside) else 0.0,
+        "rss_mb_early": rss_early,
+        "rss_mb_end": rss_end,
+        "rss_mb_peak": round(max((mb for _, mb in outside), default=0.0), 1),
+        "rss_growth": round(rss_end / rss_early - 1, 4) if rss_early else None,
+        "replay_per_s": round(count / elapsed) if elapsed else 0,
+        "series": [[int(a), round(float(r) / MB, 1)] for a, _, r in inside.tolist()],
+        "outside_series": [[t, round(mb, 1)] for t, mb in outside],
+    }

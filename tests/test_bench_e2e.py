@@ -1,0 +1,76 @@
+"""``jetstandby bench e2e`` end to end at tiny sizes: real processes, a real nats-server.
+
+Only the shape and sanity of the report are checked here; the timing targets live in the
+benchmark itself (its exit status), never in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from jetstandby_bench.e2e_load import MASS_CANCEL_EVERY, bounded_orders
+from jetstandby_bench.e2e_phases import lag_level
+
+TINY = [
+    "--duration", "1", "--warmup", "0.5", "--lag-duration", "1", "--client-procs", "1",
+    "--concurrency", "8", "--connections", "2", "--failovers", "1", "--failover-rate", "200",
+    "--memory-count", "20000", "--baseline-count", "5000", "--runs", "1",
+    "--skip-cluster", "--skip-profile",
+]  # fmt: skip
+
+
+def test_e2e_reports_every_figure(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "jetstandby", "bench", "e2e", "--json"]
+    argv += ["--report-dir", str(tmp_path), *TINY]
+    done = subprocess.run(argv, capture_output=True, timeout=110, check=False)
+    assert done.returncode in (0, 1), done.stderr.decode()[-3000:]
+    result = json.loads(done.stdout)
+    for key in (
+        "max_throughput", "baseline_throughput", "ratio_vs_no_replication",
+        "lag_p99_ms_at_50pct", "promote_ms_p99", "rss_mb_1m", "rss_mb_5m",
+    ):  # fmt: skip
+        assert isinstance(result[key], int | float), key
+    assert result["max_throughput"] > 0
+    assert 0 < result["ratio_vs_no_replication"] < 1
+    assert [level["load"] for level in result["single"]["levels"]] == [0.25, 0.5, 0.75]
+    for level in result["single"]["levels"]:
+        assert level["not_applied"] == 0
+        assert level["failed"] == 0
+        assert 0 <= level["latency_ms"]["p50"] <= level["latency_ms"]["p99.9"]
+    failover = result["failover"]
+    assert failover["count"] == 1 and failover["lost_first_ack"] == 0
+    assert 0 < failover["promote_ms"]["p50"] <= failover["total_ms"]["p50"]
+    assert result["rss_mb_1m"] > 0
+    assert result["rss_mb_5m"] > 0
+    assert set(result["targets"]) == {
+        "ratio_vs_no_replication",
+        "lag_p99_ms_at_50pct",
+        "promote_ms_p99",
+        "rss_growth",
+    }
+    exit_ok = all(target["met"] for target in result["targets"].values())
+    assert done.returncode == (0 if exit_ok else 1)
+    assert (Path(result["report"]) / "chart.png").stat().st_size > 10_000
+
+
+def test_the_mix_cancels_every_account_regularly() -> None:
+    commands = list(bounded_orders(1, 2 * MASS_CANCEL_EVERY))
+    assert len(commands) == 2 * MASS_CANCEL_EVERY
+    mass = [i for i, (ctype, _, _) in enumerate(commands) if ctype == "MassCancel"]
+    assert len(mass) == 32 and mass[-1] == len(commands) - 1
+
+
+def test_lag_is_from_the_acknowledgement_to_the_apply() -> None:
+    # rows: (seq, sent, acked); applies: (seq, applied, stamped)
+    rows = np.array([[1, 0, 10_000_000], [2, 0, 20_000_000]], dtype=np.int64)
+    applies = np.array([[1, 12_000_000, 5_000_000], [2, 19_000_000, 6_000_000]], dtype=np.int64)
+    level = lag_level(0.5, 100.0, 1.0, rows, 0, applies)
+    assert level["lag_ms"]["max"] == 2.0
+    assert level["lag_min_ms"] == -1.0
+    assert level["lag_negative_share"] == 0.5
+    assert level["stamp_to_apply_ms"]["max"] == 13.0
