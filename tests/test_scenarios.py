@@ -53,3 +53,25 @@ async def test_zombie_primaries_never_append_after_the_marker(
     assert outcomes.get("ok", 0) == 0, outcomes
     # The zombies answered (errors), so the no-ack property was exercised, not vacuous.
     assert sum(n for k, n in outcomes.items() if k.startswith("error:")) > 0, outcomes
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SCENARIO_TIMEOUT)
+async def test_standby_resumes_across_nats_server_crashes_and_a_pause(
+    cycles: int | None, tmp_path: Path
+) -> None:
+    result = await run("server_restarts", cycles, tmp_path)
+    assert_valid(result)
+    # The replay was still long when the server went down (a standby already at the tail
+    # would prove little about resuming).
+    assert result.facts["behind_at_fault"][0] > 0, result.facts
+    assert result.facts["resubscribes"] >= result.cycles
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SCENARIO_TIMEOUT)
+async def test_r3_cluster_losing_servers_and_quorum(cycles: int | None, tmp_path: Path) -> None:
+    result = await run("cluster_loss", cycles, tmp_path)
+    assert_valid(result)
+    assert result.facts["acks_while_quorum_lost"] == 0, result.facts
+    assert any(k.startswith("leader ") for k in result.facts["killed"]), result.facts

@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from jetstandby_bench import faults_failover
+from jetstandby_bench import faults_failover, faults_server
 from jetstandby_bench.faults_common import ScenarioResult
 
 
@@ -37,6 +37,12 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "zombie": Scenario(
         faults_failover.zombie, 2, "SIGSTOP / pause-after-publish / double promotion"
+    ),
+    "server_restarts": Scenario(
+        faults_server.server_restarts, 10, "kill -9 + restart nats-server, one 10 s SIGSTOP"
+    ),
+    "cluster_loss": Scenario(
+        faults_server.cluster_loss, 6, "R3 cluster: kill the leader or a server; lose quorum"
     ),
 }
 

@@ -104,8 +104,11 @@ class Workload:
         writers: int = 4,
         prefix: str = "w",
         request_timeout: float = REQUEST_TIMEOUT,
+        rate: float | None = None,
     ) -> None:
         self.urls, self.history, self.journal = urls, history, journal
+        #: Submissions per second over all writers (approximate); None: as fast as they go.
+        self.rate = rate
         self.writers, self.prefix, self.request_timeout = writers, prefix, request_timeout
         self.acks: list[tuple[float, int]] = []
         self.errors = 0
@@ -148,6 +151,8 @@ class Workload:
             for i in itertools.count():
                 if self._stop.is_set():
                     return
+                if self.rate:
+                    await asyncio.sleep(self.writers / self.rate)  # pacing, not synchronising
                 try:
                     out = await self.history.submit(
                         client,
