@@ -49,21 +49,22 @@ def write_atomically(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-class RecordingOrderBook(OrderBookEngine):
-    """:class:`OrderBookEngine` plus the records described in the module docstring."""
+class _Recorder:
+    """One per process, whichever engine instance applies (a node may build several: one to
+    bootstrap, one to replay into), written once at exit."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self._apply_log = os.environ.get("JSB_E2E_APPLY_LOG")
-        self._rss_log = os.environ.get("JSB_E2E_RSS_LOG")
-        self._rss_every = int(os.environ.get("JSB_E2E_RSS_EVERY", "50000"))
-        self._expect = int(os.environ.get("JSB_E2E_EXPECT", "0"))
-        self._applies = 0
-        cap = int(os.environ.get("JSB_E2E_APPLY_CAP", str(DEFAULT_CAP))) if self._apply_log else 0
-        self._cap = cap
-        self._rows = array("q", bytes(8 * APPLY_COLUMNS * cap))
-        self._rss = array("q")
-        self._note_rss()
+        self.apply_log = os.environ.get("JSB_E2E_APPLY_LOG")
+        self.rss_log = os.environ.get("JSB_E2E_RSS_LOG")
+        self.rss_every = int(os.environ.get("JSB_E2E_RSS_EVERY", "50000"))
+        self.expect = int(os.environ.get("JSB_E2E_EXPECT", "0"))
+        self.applies = 0
+        self.cap = (
+            int(os.environ.get("JSB_E2E_APPLY_CAP", str(DEFAULT_CAP))) if self.apply_log else 0
+        )
+        self.rows = array("q", bytes(8 * APPLY_COLUMNS * self.cap))
+        self.rss = array("q")
+        self.note_rss()
         profile_path = os.environ.get("JSB_E2E_PROFILE")
         if profile_path:
             import cProfile
@@ -73,31 +74,48 @@ class RecordingOrderBook(OrderBookEngine):
             atexit.register(_dump_profile, profiler, profile_path)
         atexit.register(self.dump)
 
-    def apply(self, command: Command) -> bytes:
-        result = super().apply(command)
-        n = self._applies
-        self._applies = n + 1
-        if n < self._cap:
-            rows, i = self._rows, n * APPLY_COLUMNS
+    def applied(self, command: Command) -> None:
+        n = self.applies
+        self.applies = n + 1
+        if n < self.cap:
+            rows, i = self.rows, n * APPLY_COLUMNS
             rows[i] = command.seq
             rows[i + 1] = time.time_ns()
             rows[i + 2] = command.timestamp_ns
-        if self._rss_log and ((n + 1) % self._rss_every == 0 or n + 1 == self._expect):
-            self._note_rss()
-            if n + 1 == self._expect:
+        if self.rss_log and ((n + 1) % self.rss_every == 0 or n + 1 == self.expect):
+            self.note_rss()
+            if n + 1 == self.expect:
                 self.dump()
-        return result
 
-    def _note_rss(self) -> None:
-        self._rss.extend((self._applies, time.time_ns(), rss_bytes()))
+    def note_rss(self) -> None:
+        self.rss.extend((self.applies, time.time_ns(), rss_bytes()))
 
     def dump(self) -> None:
         """Write the records (idempotent: a later dump replaces an earlier one)."""
-        if self._apply_log:
-            used = min(self._applies, self._cap) * APPLY_COLUMNS
-            write_atomically(self._apply_log, self._rows[:used].tobytes())
-        if self._rss_log:
-            write_atomically(self._rss_log, self._rss.tobytes())
+        if self.apply_log:
+            used = min(self.applies, self.cap) * APPLY_COLUMNS
+            write_atomically(self.apply_log, self.rows[:used].tobytes())
+        if self.rss_log:
+            write_atomically(self.rss_log, self.rss.tobytes())
+
+
+_recorder: _Recorder | None = None
+
+
+class RecordingOrderBook(OrderBookEngine):
+    """:class:`OrderBookEngine` plus the records described in the module docstring."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        global _recorder
+        if _recorder is None:
+            _recorder = _Recorder()
+        self._recorder = _recorder
+
+    def apply(self, command: Command) -> bytes:
+        result = super().apply(command)
+        self._recorder.applied(command)
+        return result
 
 
 def _dump_profile(profiler: object, path: str) -> None:

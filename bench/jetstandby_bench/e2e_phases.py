@@ -193,6 +193,7 @@ def lag_level(
         },
         "lag_negative_share": round(float((lag < 0).mean()), 4) if len(lag) else 0.0,
         "lag_min_ms": round(float(lag.min(initial=0)), 3),
+        "lag_signed_ms": dict(zip(("p1", "p50", "p99"), pct(lag, (1, 50, 99)), strict=True)),
         "stamp_to_apply_ms": dict(
             zip(("p50", "p99", "max"), pct(stamp_lag, (50, 99, 100)), strict=True)
         ),

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 _err = Console(stderr=True)
-_out = Console()
+_out = Console(width=None if sys.stdout.isatty() else 150)
 
 
 def say(message: str) -> None:
@@ -45,7 +45,8 @@ def show(full: dict[str, Any], *, as_json: bool) -> None:
         "[dim]latency: from when a command was due to its client's receipt of the "
         "acknowledgement; lag: from that receipt to the standby's apply of the same seq "
         "(negative values, an apply before the client read its ack, count as 0 in p50/p99; "
-        "their share is shown)[/dim]"
+        "their share is lag<0); stamp→apply: from the primary's stamp (before it applied and "
+        "journaled the command) to the standby's apply[/dim]"
     )
     if "report" in full:
         _out.print(f"chart and summary: {full['report']}")
@@ -71,7 +72,7 @@ def load_table(full: dict[str, Any]) -> Table:
     table = Table(title="latency and standby lag under open-loop load (ms)")
     for column in (
         "setup", "load", "offered/s", "acked/s", "latency p50", "p99", "p99.9",
-        "lag p50", "p99", "max", "lag<0",
+        "lag p50", "p99", "max", "lag<0", "stamp→apply p99",
     ):  # fmt: skip
         table.add_column(column, justify="left" if column == "setup" else "right")
     for key in ("single", "cluster"):
@@ -82,6 +83,7 @@ def load_table(full: dict[str, Any]) -> Table:
                 f"{level['achieved_per_s']:,.0f}", f"{lat['p50']:.2f}", f"{lat['p99']:.2f}",
                 f"{lat['p99.9']:.2f}", f"{lag['p50']:.2f}", f"{lag['p99']:.2f}",
                 f"{lag['max']:.2f}", f"{level['lag_negative_share']:.0%}",
+                f"{level['stamp_to_apply_ms']['p99']:.2f}",
             )  # fmt: skip
     return table
 
