@@ -32,6 +32,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/jetstandby bench replay
 	$(BIN)/jetstandby bench journal
+	$(BIN)/jetstandby bench e2e
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
