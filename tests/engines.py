@@ -20,3 +20,20 @@ class SlowKeyValue(KeyValueEngine):
         if self.delay:
             time.sleep(self.delay)
         return super().apply(command)
+
+
+class ClockedKeyValue(KeyValueEngine):
+    """A broken engine: every ``Add`` also records the wall clock, so replicas diverge."""
+
+    def apply(self, command: Command) -> bytes:
+        result = super().apply(command)
+        if command.command_type == "Add":
+            self.data["applied_at"] = str(time.perf_counter_ns())
+        return result
+
+
+class KeyValueV2(KeyValueEngine):
+    """The kv engine's next version: it also accepts ``Put`` version 2 (same payload)."""
+
+    version = 2
+    accepts = {**KeyValueEngine.accepts, "Put": frozenset({1, 2})}

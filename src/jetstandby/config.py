@@ -101,6 +101,11 @@ class JournalSettings:
         return stream_name(self.journal)
 
     @property
+    def bounded(self) -> bool:
+        """True when ``max_age`` or ``max_bytes`` makes the stream drop its oldest commands."""
+        return self.max_age > 0 or self.max_bytes > 0
+
+    @property
     def subject(self) -> str:
         return journal_subject(self.journal)
 
@@ -134,6 +139,43 @@ class ReplaySettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SnapshotSettings:
+    """When a standby snapshots its state, how many snapshots are kept, and how a node starts.
+
+    A standby takes one after ``every_commands`` commands or ``every_seconds`` seconds with at
+    least one new command, whichever comes first (0 turns that trigger off); the primary
+    never does. ``keep``: the newest snapshots kept in the bucket. ``bootstrap``: start from
+    the newest verified snapshot (else replay from command 1). ``retention_warn_fraction``:
+    warn when the commands a standby still needs are within this fraction of a
+    limit-bounded stream's start. ``bootstrap_retry``: how often a node that cannot prove a
+    state to start from looks again for a usable snapshot.
+    """
+
+    enabled: bool = True
+    every_commands: int = 100_000
+    every_seconds: float = 600.0
+    keep: int = 3
+    bootstrap: bool = True
+    retention_warn_fraction: float = 0.2
+    bootstrap_retry: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("every_commands", "keep"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (1 if name == "keep" else 0):
+                raise ConfigError(
+                    f"snapshot_{name}", f"must be a non-negative integer, got {value!r}"
+                )
+        _non_negative("snapshot_every_seconds", self.every_seconds)
+        _positive("bootstrap_retry", self.bootstrap_retry)
+        if not 0 < self.retention_warn_fraction < 1:
+            raise ConfigError(
+                "retention_warn_fraction",
+                f"must be in (0, 1), got {self.retention_warn_fraction!r}",
+            )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class NodeSettings:
     """One node: who it is, which journal it follows, and its promotion rules.
 
@@ -146,13 +188,16 @@ class NodeSettings:
     node_id: str
     journal: JournalSettings = JournalSettings()
     replay: ReplaySettings = ReplaySettings()
+    snapshots: SnapshotSettings = SnapshotSettings()
     max_promote_lag: int = 10_000
     promote_attempts: int = 5
+    #: As primary, journal a digest checkpoint after every this many commands (0: never).
+    checkpoint_every: int = 1000
 
     def __post_init__(self) -> None:
         if not _NODE_ID.match(self.node_id):
             raise ConfigError("node_id", f"{self.node_id!r} must match {_NODE_ID.pattern}")
-        for name in ("max_promote_lag", "promote_attempts"):
+        for name in ("max_promote_lag", "promote_attempts", "checkpoint_every"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if name == "max_promote_lag" else 1):
-                raise ConfigError(name, f"must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or value < (1 if name == "promote_attempts" else 0):
+                raise ConfigError(name, f"must be a non-negative integer, got {value!r}")

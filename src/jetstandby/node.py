@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 import msgspec
 
 from jetstandby import wire
+from jetstandby.bootstrap import Snapshotter, Start, StreamBounds, find_start, stream_bounds
 from jetstandby.config import NodeSettings
 from jetstandby.engine import Engine
 from jetstandby.errors import (
@@ -26,6 +28,7 @@ from jetstandby.errors import (
     FencedError,
     HistoryLost,
     JetstandbyError,
+    JournalUnavailable,
     PromotionRefused,
     ReplayError,
     WireError,
@@ -35,22 +38,33 @@ from jetstandby.journal.marker import append_fenced
 from jetstandby.journal.stream import NatsClient, message_at
 from jetstandby.primary import PrimaryService
 from jetstandby.replay import ReplayProgress, promote_channel, run_replay_loop
-from jetstandby.snapshots.meta import SnapshotMeta
+from jetstandby.snapshots import SnapshotMeta, SnapshotStore
 from jetstandby.state import ReplicatedState, marker_envelope, marker_msg_id
 from jetstandby.status import NodeStatus, PromoteResult, Role, SkipResult, Transition
 
 logger = logging.getLogger(__name__)
 
 TICK: Final = 0.25
+HOUSEKEEPING_INTERVAL: Final = 1.0
 RATE_SMOOTHING: Final = 0.3
 
 
 class Node:
     """A jetstandby node. Drive it with :meth:`run`; the admin API calls :meth:`promote`."""
 
-    def __init__(self, nc: NatsClient, engine: Engine, settings: NodeSettings) -> None:
+    def __init__(
+        self,
+        nc: NatsClient,
+        engine: Engine,
+        settings: NodeSettings,
+        *,
+        engine_factory: Callable[[], Engine] | None = None,
+    ) -> None:
+        """``engine_factory`` makes fresh engines to restore snapshots into (default:
+        ``type(engine)``); ``engine`` is the one a full replay starts from."""
         self.settings = settings
         self.state = ReplicatedState(engine)
+        self._engine_factory = engine_factory or type(engine)
         self.progress = ReplayProgress()
         self.role = Role.STANDBY
         self._nc = nc
@@ -68,10 +82,13 @@ class Node:
         self._transitions: list[Transition] = []
         self._lag_ms = 0.0
         self._apply_rate = 0.0
-        self._digest: tuple[int, str] = (-1, "")
         self._last_error: str | None = None
         self._resume = asyncio.Event()
         self._skipped: list[SkipResult] = []
+        self._snapshotter: Snapshotter | None = None
+        self._start: Start | None = None
+        self._bounds: StreamBounds | None = None
+        self._retention_warned = False
 
     # -- running ----------------------------------------------------------------------------
 
@@ -82,20 +99,37 @@ class Node:
         replay halts stays up, halted, until cancelled. Cancel to stop the node.
         """
         await JetStreamFeed.open(self._nc, self.settings.journal, self.settings.replay)
+        snapshots = self.settings.snapshots
+        if snapshots.enabled:
+            store = await SnapshotStore.open(
+                self._nc,
+                self.settings.journal,
+                replicas=self.settings.journal.replicas,
+                keep=snapshots.keep,
+            )
+            self._snapshotter = Snapshotter(
+                store, snapshots, self.settings.journal, self.settings.node_id
+            )
         self._transition(Role.STANDBY, "started")
         if as_primary:
             self._begin_promotion(forced=False, reason="started as primary")
         self._started.set()
-        ticker = asyncio.get_running_loop().create_task(self._tick())
+        loop = asyncio.get_running_loop()
+        helpers = [loop.create_task(self._tick()), loop.create_task(self._housekeeping())]
         try:
+            await self._bootstrap()
             await self._replay_until_promoted()
             await self._finished.wait()
         finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if self._primary is not None:
                 await self._primary.aclose()
+            if self._snapshotter is not None:
+                await self._snapshotter.store.aclose()
         return self.role
 
     async def wait_started(self) -> None:
@@ -114,6 +148,10 @@ class Node:
                     start_after=self._position(),
                     settings=self.settings.replay,
                 )
+            except HistoryLost as exc:
+                logger.error("replay fell off the start of the stream: %s", exc)
+                await self._bootstrap()
+                continue
             except ReplayError as exc:
                 await self._wait_out_halt(exc)
                 continue
@@ -131,6 +169,56 @@ class Node:
             assert self._promotion is not None
             self._promotion.set_result(result)
             return
+
+    # -- where the state comes from --------------------------------------------------------
+
+    async def _bootstrap(self) -> None:
+        """Adopt a state this node can prove: the newest verified snapshot, or command 1.
+
+        Until there is one the node stays halted (``HistoryLost``), looking again every
+        ``bootstrap_retry`` seconds; it never starts from a state it cannot prove."""
+        snapshots = self.settings.snapshots
+        store = self._snapshotter.store if self._snapshotter and snapshots.bootstrap else None
+        while True:
+            try:
+                bounds = await stream_bounds(self._nc, self.settings.journal)
+                if self._snapshotter is not None:
+                    self._snapshotter.stream_created = bounds.created
+                if self._start is not None and bounds.first_seq <= self._position().stream_seq + 1:
+                    start = None  # the history we need is there after all: replay on
+                else:
+                    start = await find_start(store, self._new_state, bounds)
+                break
+            except HistoryLost as exc:
+                if self.progress.error is None or str(self.progress.error) != str(exc):
+                    logger.error("cannot start: %s", exc)
+                self._last_error = str(exc)
+                self.progress.halt(exc)
+            except JournalUnavailable as exc:
+                logger.warning("bootstrap: JetStream did not answer, retrying: %s", exc)
+            await asyncio.sleep(snapshots.bootstrap_retry)
+        if start is not None:
+            self._adopt(start)
+        self.progress.resume(self._position().stream_seq)
+        self._last_error = None
+
+    def _new_state(self) -> ReplicatedState:
+        return ReplicatedState(self._engine_factory())
+
+    def _adopt(self, start: Start) -> None:
+        if self._start is not None or start.snapshot is not None:
+            self.state = start.state
+        self._start = start
+        self.progress.set_replay_cursor(start.stream_seq)
+        if self._snapshotter is not None:
+            self._snapshotter.restart_count(start.state.last_seq)
+        logger.info(
+            "starting from %s: command seq %d, stream seq %d; replay resumes at stream seq %d",
+            start.source,
+            start.state.last_seq,
+            start.stream_seq,
+            start.stream_seq + 1,
+        )
 
     async def _wait_out_halt(self, error: ReplayError) -> None:
         """Stay halted until an operator action (:meth:`skip`) clears the halt."""
@@ -153,8 +241,13 @@ class Node:
             await self._drain_to_tail()
             after = self._position()
             epoch, seq = self.state.epoch + 1, self.state.last_seq + 1
+            self._check_writer_version(self._promotion_forced)  # the tail's, after draining
             marker = marker_envelope(
-                seq=seq, epoch=epoch, node=self.settings.node_id, timestamp_ns=time.time_ns()
+                seq=seq,
+                epoch=epoch,
+                node=self.settings.node_id,
+                timestamp_ns=time.time_ns(),
+                engine_version=self.state.engine.version,
             )
             msg_id = marker_msg_id(epoch, seq, self.settings.node_id)
             try:
@@ -179,6 +272,7 @@ class Node:
                 self.state,
                 journal,
                 self._lost,
+                checkpoint_every=self.settings.checkpoint_every,
             )
             await self._primary.start()
             took = (time.monotonic() - self._promotion_started) * 1000
@@ -267,7 +361,25 @@ class Node:
         result = await asyncio.wait_for(asyncio.shield(promotion), timeout)
         return msgspec.structs.replace(result, already_promoted=already)
 
+    def _check_writer_version(self, force: bool) -> None:
+        """The version gate: an engine older than the journal's writer may not write it."""
+        ours, theirs = self.state.engine.version, self.state.writer_engine_version
+        if ours < theirs and not force:
+            raise PromotionRefused(
+                f"this node's engine {self.state.engine.name} v{ours} is older than v{theirs}, "
+                "which wrote the journal's tail: upgrade this node first (or force with a "
+                "reason)"
+            )
+
     async def _check_promotable(self, force: bool) -> None:
+        error = self.progress.error
+        if isinstance(error, DivergenceError):
+            raise PromotionRefused(
+                f"this node DIVERGED from the journal's writer at command seq "
+                f"{error.checkpoint_seq}: it can never be promoted, not even by force; "
+                "rebuild it from a snapshot or a full replay"
+            )
+        self._check_writer_version(force)
         if self.progress.error is not None:
             raise PromotionRefused(
                 f"replay halted at seq {self.progress.error.seq} "
@@ -339,8 +451,28 @@ class Node:
         return record
 
     async def take_snapshot(self, *, reason: str | None) -> SnapshotMeta:
-        """Snapshot this standby's state now and store it."""
-        raise ActionRefused("snapshots are not wired into the node yet")
+        """Snapshot this standby's state now and store it (keeping the newest ``keep``).
+
+        Raises :class:`ActionRefused` on a primary (it never pauses for one), a node without
+        a snapshot store, or one whose state is not proven (starting, halted, diverged);
+        :class:`JournalUnavailable` or :class:`SnapshotError` if the store fails."""
+        if self._snapshotter is None:
+            raise ActionRefused("snapshots are disabled on this node (snapshots.enabled)")
+        if self.role is not Role.STANDBY:
+            raise ActionRefused(
+                f"this node is {self.role}: take snapshots on a standby, the primary never "
+                "pauses for one"
+            )
+        if self.progress.error is not None or self._start is None:
+            raise ActionRefused(
+                "this node has no proven state to snapshot: "
+                + (str(self.progress.error) if self.progress.error else "it is still starting")
+            )
+        logger.info("snapshot requested: %s", reason or "no reason given")
+        return await self._snapshotter.take(self._snapshot_position)
+
+    def _snapshot_position(self) -> tuple[ReplicatedState, int]:
+        return self.state, self.progress.replay_cursor_seq or 0
 
     def _check_skippable(self, stream_seq: int) -> ReplayError:
         error = self.progress.error
@@ -384,9 +516,7 @@ class Node:
 
     def digest(self) -> str:
         """The engine's state digest (hex), recomputed only when the state has moved."""
-        if self._digest[0] != self.state.last_seq:
-            self._digest = (self.state.last_seq, self.state.engine.digest().hex())
-        return self._digest[1]
+        return self.state.digest().hex()
 
     def status(self) -> NodeStatus:
         p, primary = self.progress, self._primary
@@ -434,7 +564,25 @@ class Node:
             submissions_deduplicated=primary.deduplicated if primary else 0,
             transitions=list(self._transitions),
             skipped=list(self._skipped),
+            **self._replica_status(),
         )
+
+    def _replica_status(self) -> dict[str, Any]:
+        """Snapshots, checkpoints, the version gate and retention."""
+        snapshotter, bounds = self._snapshotter, self._bounds
+        return {
+            "accepts": {t: sorted(v) for t, v in self.state.engine.accepts.items()},
+            "writer_engine_version": self.state.writer_engine_version,
+            "last_checkpoint_seq": self.state.last_checkpoint_seq,
+            "diverged": isinstance(self.progress.error, DivergenceError),
+            "started_from": self._start.source if self._start else None,
+            "stream_first_seq": bounds.first_seq if bounds else None,
+            "retention_headroom": self._retention_headroom(),
+            "retention_warning": self._retention_warned,
+            "snapshots_taken": snapshotter.taken if snapshotter else 0,
+            "last_snapshot_seq": snapshotter.last.seq if snapshotter and snapshotter.last else None,
+            "last_snapshot_error": snapshotter.last_error if snapshotter else None,
+        }
 
     def _apply_delay_ms(self) -> float | None:
         p = self.progress
@@ -453,6 +601,57 @@ class Node:
             self._apply_rate += RATE_SMOOTHING * (rate - self._apply_rate)
             last_count, last_time = count, now
             self._lag_ms = await self._oldest_unapplied_age_ms()
+
+    async def _housekeeping(self) -> None:
+        """Once a second: the retention headroom, and a periodic snapshot when one is due."""
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            try:
+                self._bounds = await stream_bounds(self._nc, self.settings.journal)
+            except JetstandbyError as exc:
+                logger.debug("stream bounds unavailable: %s", exc)
+            self._check_retention()
+            if self._snapshot_due():
+                assert self._snapshotter is not None
+                try:
+                    await self._snapshotter.take(self._snapshot_position)
+                except JetstandbyError as exc:  # kept in status and metrics; tried again later
+                    logger.warning("periodic snapshot failed: %s", exc)
+
+    def _snapshot_due(self) -> bool:
+        return (
+            self._snapshotter is not None
+            and self.role is Role.STANDBY
+            and self._start is not None
+            and self.progress.error is None
+            and self._snapshotter.due(self.state.last_seq)
+        )
+
+    def _retention_headroom(self) -> int | None:
+        if self._bounds is None or self.role is not Role.STANDBY or self._start is None:
+            return None
+        return self._bounds.headroom(self.progress.replay_cursor_seq or 0)
+
+    def _check_retention(self) -> None:
+        headroom, bounds = self._retention_headroom(), self._bounds
+        warn = (
+            headroom is not None
+            and bounds is not None
+            and bounds.limited
+            and headroom < self.settings.snapshots.retention_warn_fraction * bounds.messages
+        )
+        if warn and not self._retention_warned:
+            logger.warning(
+                "RETENTION: this standby needs stream seq %d, only %s messages after the "
+                "stream's first seq %d; if the stream's limits drop them first, it must "
+                "re-bootstrap from a snapshot (or halt)",
+                (self.progress.replay_cursor_seq or 0) + 1,
+                headroom,
+                bounds.first_seq if bounds else 0,
+            )
+        elif not warn and self._retention_warned:
+            logger.info("retention headroom recovered: %s messages", headroom)
+        self._retention_warned = warn
 
     async def _oldest_unapplied_age_ms(self) -> float:
         if self.role is not Role.STANDBY or not self.progress.stream_lag:

@@ -39,6 +39,12 @@ from jetstandby.submission import Code, SubmitReply
 logger = logging.getLogger(__name__)
 
 
+def _retrieve(future: asyncio.Future[Ack]) -> None:
+    # A checkpoint's outcome needs no answer; the journal reports a terminal failure itself.
+    if not future.cancelled():
+        future.exception()
+
+
 class PrimaryService:
     """Serves submissions for one journal until its journal is fenced or it is closed.
 
@@ -53,8 +59,11 @@ class PrimaryService:
         state: ReplicatedState,
         journal: CommandJournal,
         on_lost: Callable[[JetstandbyError], None],
+        *,
+        checkpoint_every: int = 0,
     ) -> None:
         self._nc = nc
+        self._checkpoint_every = checkpoint_every
         self._subject = subject
         self._state = state
         self._journal = journal
@@ -166,6 +175,31 @@ class PrimaryService:
         future.add_done_callback(
             functools.partial(self._on_journaled, reply, Applied(envelope.seq, result or b""))
         )
+        if self._checkpoint_every and envelope.seq % self._checkpoint_every == 0:
+            await self._journal_checkpoint()
+
+    async def _journal_checkpoint(self) -> None:
+        """Journal the state's digest after the last command, so that standbys check theirs.
+
+        A checkpoint is never needed for correctness: with no room in the window this one is
+        left out (the next interval has another), as long as nothing was applied for it."""
+        journal = self._journal
+        try:
+            await journal.wait_for_room()
+        except JournalUnavailable as exc:
+            logger.warning("checkpoint after seq %d left out: %s", self._state.last_seq, exc)
+            return
+        except JournalError as exc:
+            self._lose(exc)
+            return
+        envelope = self._state.checkpoint(epoch=journal.epoch, timestamp_ns=time.time_ns())
+        self._state.apply(envelope)
+        try:
+            future = await journal.append(envelope)
+        except JournalError as exc:
+            self._lose(exc)
+            return
+        future.add_done_callback(_retrieve)
 
     def _answer_again(self, reply: str, applied: Applied) -> None:
         """A request id applied before: its original outcome, once that command is stored

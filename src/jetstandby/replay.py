@@ -24,6 +24,7 @@ from jetstandby import wire
 from jetstandby.config import ReplaySettings
 from jetstandby.errors import (
     HandlerError,
+    HistoryLost,
     JetstandbyError,
     ProtocolError,
     ReplayError,
@@ -309,6 +310,17 @@ class _ReplayRun:
         self._fresh_tail = True
         if stream_seq <= self._cursor:
             return  # a stale delivery from before a re-subscribe; already processed
+        if stream_seq != self._cursor + 1:  # deny_delete: only retention limits make holes
+            self._halt(
+                HistoryLost(
+                    f"stream seq {stream_seq} arrived where {self._cursor + 1} was due: the "
+                    f"stream's retention limits dropped stream seqs {self._cursor + 1}.."
+                    f"{stream_seq - 1} before this node replayed them",
+                    stream_seq=self._cursor + 1,
+                    first_stream_seq=stream_seq,
+                )
+            )
+            return
         try:
             command = wire.decode(data, stream_seq=stream_seq)
         except WireError as exc:

@@ -41,7 +41,7 @@ async def run_node(config: RunConfig, *, on_ready: Callable[[str], None]) -> tup
             logger.info("embedded nats-server at %s", url)
         nc = await connect(url, name=f"jetstandby-{settings.node_id}")
         stack.push_async_callback(close_quietly, nc)
-        node = Node(nc, engine, settings)
+        node = Node(nc, engine, settings, engine_factory=lambda: load_engine(config.engine))
         admin = await stack.enter_async_context(AdminServer(node, admin_settings))
         task = asyncio.get_running_loop().create_task(node.run(as_primary=config.role == "primary"))
         try:

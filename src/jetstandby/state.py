@@ -15,18 +15,47 @@ import msgspec
 
 from jetstandby import wire
 from jetstandby.engine import Command, Engine
-from jetstandby.errors import ProtocolError, UnsupportedCommand
+from jetstandby.errors import DivergenceError, ProtocolError, UnsupportedCommand
 
 #: How many request ids the exactly-once record keeps. A retry of an older id is applied again.
 DEFAULT_DEDUP_WINDOW = 100_000
 
 
 class EpochMarker(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The payload of a ``$epoch`` control command: ``node`` writes from ``after_seq + 1`` on."""
+    """The payload of a ``$epoch`` control command: ``node`` writes from ``after_seq + 1`` on,
+    with version ``engine_version`` of its engine (0: not said, from before the version gate)."""
 
     epoch: int
     node: str
     after_seq: int
+    engine_version: int = 0
+
+
+class Checkpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The payload of a ``$checkpoint`` control command: the writer's engine digest (hex)
+    after applying command ``seq``, the one right before the checkpoint."""
+
+    seq: int
+    digest: str
+    engine_version: int
+
+
+class _Image(msgspec.Struct, array_like=True, frozen=True):
+    """A whole replicated state, as a snapshot holds it (see :meth:`ReplicatedState.snapshot`)."""
+
+    format: int
+    engine: bytes
+    epoch: int
+    epoch_node: str | None
+    last_seq: int
+    last_msg_id: str | None
+    last_timestamp_ns: int
+    writer_engine_version: int
+    last_checkpoint_seq: int
+    applied: list[tuple[str, int, bytes]]
+
+
+IMAGE_FORMAT = 1
 
 
 class Applied(NamedTuple):
@@ -37,10 +66,16 @@ class Applied(NamedTuple):
 
 
 _marker_decoder = msgspec.msgpack.Decoder(EpochMarker)
+_checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
+_image_decoder = msgspec.msgpack.Decoder(_Image)
 
 
-def marker_envelope(*, seq: int, epoch: int, node: str, timestamp_ns: int) -> wire.Envelope:
-    payload = msgspec.msgpack.encode(EpochMarker(epoch=epoch, node=node, after_seq=seq - 1))
+def marker_envelope(
+    *, seq: int, epoch: int, node: str, timestamp_ns: int, engine_version: int = 0
+) -> wire.Envelope:
+    payload = msgspec.msgpack.encode(
+        EpochMarker(epoch=epoch, node=node, after_seq=seq - 1, engine_version=engine_version)
+    )
     return wire.Envelope(1, seq, epoch, timestamp_ns, wire.EPOCH_MARKER, 1, payload)
 
 
@@ -54,8 +89,13 @@ class ReplicatedState:
     """Applies journal envelopes in order; see the module docstring.
 
     Raises :class:`ProtocolError` for an envelope that breaks the protocol (a stale epoch, a
-    command before any epoch marker) and :class:`UnsupportedCommand` for one the engine does
-    not accept. Both leave the state untouched.
+    command before any epoch marker), :class:`UnsupportedCommand` for one the engine does
+    not accept and :class:`DivergenceError` for a checkpoint whose digest is not this
+    state's. All leave the state untouched.
+
+    It is also what a snapshot holds (:meth:`snapshot`, :meth:`restore`): the engine with its
+    epoch, position and exactly-once record, so that a standby started from a snapshot
+    answers retried requests as the one that took it would. :meth:`digest` is the engine's.
     """
 
     def __init__(self, engine: Engine, *, dedup_window: int = DEFAULT_DEDUP_WINDOW) -> None:
@@ -66,7 +106,11 @@ class ReplicatedState:
         self.last_msg_id: str | None = None
         self.last_timestamp_ns = 0
         self.dedup_window = dedup_window
+        #: The engine version of the current writer, from its epoch marker or checkpoints.
+        self.writer_engine_version = 0
+        self.last_checkpoint_seq = 0
         self._applied: OrderedDict[str, Applied] = OrderedDict()
+        self._digest: tuple[int, bytes] = (-1, b"")
 
     # -- the replay handler -------------------------------------------------------------
 
@@ -77,6 +121,9 @@ class ReplicatedState:
         """Apply one envelope; the engine's result for a command, ``None`` for a marker."""
         if envelope.command_type == wire.EPOCH_MARKER:
             self._apply_marker(envelope)
+            return None
+        if envelope.command_type == wire.CHECKPOINT:
+            self._apply_checkpoint(envelope)
             return None
         if envelope.is_control:
             raise UnsupportedCommand(envelope.command_type, envelope.command_version, "protocol")
@@ -107,6 +154,67 @@ class ReplicatedState:
         self.last_seq = envelope.seq
         self.last_msg_id = wire.msg_id(envelope.epoch, envelope.seq)
 
+    # -- digests, checkpoints and snapshots ------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    @property
+    def version(self) -> int:
+        return self.engine.version
+
+    def digest(self) -> bytes:
+        """The engine's digest, computed once per state (the seq moves with every change)."""
+        if self._digest[0] != self.last_seq:
+            self._digest = (self.last_seq, self.engine.digest())
+        return self._digest[1]
+
+    def checkpoint(self, *, epoch: int, timestamp_ns: int) -> wire.Envelope:
+        """The ``$checkpoint`` envelope that follows this state: seq ``last_seq + 1``."""
+        payload = Checkpoint(
+            seq=self.last_seq, digest=self.digest().hex(), engine_version=self.engine.version
+        )
+        return wire.Envelope(
+            1,
+            self.last_seq + 1,
+            epoch,
+            timestamp_ns,
+            wire.CHECKPOINT,
+            1,
+            msgspec.msgpack.encode(payload),
+        )
+
+    def snapshot(self) -> bytes:
+        image = _Image(
+            IMAGE_FORMAT,
+            self.engine.snapshot(),
+            self.epoch,
+            self.epoch_node,
+            self.last_seq,
+            self.last_msg_id,
+            self.last_timestamp_ns,
+            self.writer_engine_version,
+            self.last_checkpoint_seq,
+            [(rid, a.seq, a.result) for rid, a in self._applied.items()],
+        )
+        return msgspec.msgpack.encode(image)
+
+    def restore(self, data: bytes) -> None:
+        """Replace everything with a :meth:`snapshot`; raises (changing nothing) if ``data``
+        is not one."""
+        image = _image_decoder.decode(data)
+        if image.format != IMAGE_FORMAT:
+            raise ValueError(f"unknown replicated state image format {image.format}")
+        self.engine.restore(image.engine)
+        self.epoch, self.epoch_node = image.epoch, image.epoch_node
+        self.last_seq, self.last_msg_id = image.last_seq, image.last_msg_id
+        self.last_timestamp_ns = image.last_timestamp_ns
+        self.writer_engine_version = image.writer_engine_version
+        self.last_checkpoint_seq = image.last_checkpoint_seq
+        self._applied = OrderedDict((rid, Applied(seq, r)) for rid, seq, r in image.applied)
+        self._digest = (-1, b"")
+
     # -- what the primary asks -----------------------------------------------------------
 
     def check_supported(self, command_type: str, command_version: int) -> None:
@@ -133,7 +241,38 @@ class ReplicatedState:
             )
         self.epoch = marker.epoch
         self.epoch_node = marker.node
+        self.writer_engine_version = marker.engine_version
         self._advance(envelope, marker_msg_id(marker.epoch, envelope.seq, marker.node))
+
+    def _apply_checkpoint(self, envelope: wire.Envelope) -> None:
+        self._check_epoch(envelope)
+        try:
+            checkpoint = _checkpoint_decoder.decode(envelope.payload)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise ProtocolError(
+                f"command seq {envelope.seq}: bad checkpoint: {exc}", seq=envelope.seq
+            ) from exc
+        if checkpoint.seq != self.last_seq:
+            raise ProtocolError(
+                f"command seq {envelope.seq}: checkpoint for seq {checkpoint.seq} follows "
+                f"seq {self.last_seq}",
+                seq=envelope.seq,
+            )
+        actual = self.digest().hex()
+        if actual != checkpoint.digest:
+            raise DivergenceError(
+                f"DIVERGED at command seq {checkpoint.seq}: the writer's state digest is "
+                f"{checkpoint.digest}, this node's is {actual} (engine {self.engine.name} "
+                f"v{self.engine.version}; writer v{checkpoint.engine_version}). Replay is not "
+                "deterministic here: this node must be rebuilt, never promoted",
+                seq=envelope.seq,
+                checkpoint_seq=checkpoint.seq,
+                expected=checkpoint.digest,
+                actual=actual,
+            )
+        self.writer_engine_version = checkpoint.engine_version
+        self.last_checkpoint_seq = checkpoint.seq
+        self._advance(envelope, wire.msg_id(envelope.epoch, envelope.seq))
 
     def _check_epoch(self, envelope: wire.Envelope) -> None:
         if envelope.epoch == self.epoch and self.epoch > 0:

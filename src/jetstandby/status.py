@@ -63,6 +63,23 @@ class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
     transitions: list[Transition] = msgspec.field(default_factory=list)
     #: Messages an operator skipped, oldest first.
     skipped: list[SkipResult] = msgspec.field(default_factory=list)
+    #: Command types and versions this node's engine applies (the version gate).
+    accepts: dict[str, list[int]] = msgspec.field(default_factory=dict)
+    #: The engine version of the journal's current writer (its epoch marker, checkpoints).
+    writer_engine_version: int = 0
+    #: The last checkpoint whose digest this node matched.
+    last_checkpoint_seq: int = 0
+    #: A checkpoint's digest differed: halted for good, never promotable.
+    diverged: bool = False
+    #: ``snapshot <name>`` or ``command 1``; ``None`` while starting.
+    started_from: str | None = None
+    stream_first_seq: int | None = None
+    #: Messages the stream may still drop before one this standby needs goes.
+    retention_headroom: int | None = None
+    retention_warning: bool = False
+    snapshots_taken: int = 0
+    last_snapshot_seq: int | None = None
+    last_snapshot_error: str | None = None
 
 
 class SkipResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -138,7 +138,9 @@ def required_config(settings: JournalSettings) -> StreamConfig:
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         num_replicas=settings.replicas,
-        discard=DiscardPolicy.NEW,
+        # Unbounded: a full stream (server or account limits) refuses writes. Bounded: the
+        # oldest commands go, which snapshots make safe (a standby re-bootstraps past them).
+        discard=DiscardPolicy.OLD if settings.bounded else DiscardPolicy.NEW,
         deny_delete=True,
         deny_purge=True,
         allow_rollup_hdrs=False,

@@ -84,6 +84,8 @@ class SnapshotMeta(msgspec.Struct, frozen=True, kw_only=True):
     node_id: str
     taken_at_unix_ms: int
     format: int = SNAPSHOT_FORMAT
+    #: When the stream was created (ISO 8601): tells a stream from a later one of that name.
+    stream_created: str = ""
 
     @property
     def name(self) -> str:
@@ -110,6 +112,7 @@ def capture(
     epoch: int,
     node_id: str,
     taken_at_unix_ms: int | None = None,
+    stream_created: str = "",
 ) -> tuple[bytes, SnapshotMeta]:
     """Snapshot ``engine`` as it stands after command ``seq`` (at ``stream_seq``).
 
@@ -132,6 +135,7 @@ def capture(
         taken_at_unix_ms=(
             time.time_ns() // 1_000_000 if taken_at_unix_ms is None else taken_at_unix_ms
         ),
+        stream_created=stream_created,
     )
     return data, meta
 
@@ -152,6 +156,7 @@ def check_meta(
     stream_first_seq: int,
     stream_last_seq: int,
     stream_name: str,
+    stream_created: str = "",
 ) -> None:
     """Refuse a snapshot on its metadata alone, before its bytes are fetched.
 
@@ -170,6 +175,13 @@ def check_meta(
             name,
             Refusal.STREAM,
             f"taken from stream {meta.stream!r} (journal {meta.journal!r}), not {stream_name!r}",
+        )
+    if meta.stream_created and stream_created and meta.stream_created != stream_created:
+        raise refused(
+            name,
+            Refusal.STREAM,
+            f"taken from a stream {stream_name!r} created {meta.stream_created}; this one "
+            f"was created {stream_created}",
         )
     if meta.engine_name != engine.name or meta.engine_version != engine.version:
         raise refused(

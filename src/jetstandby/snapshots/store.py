@@ -120,6 +120,7 @@ async def choose(
     *,
     stream_first_seq: int,
     stream_last_seq: int,
+    stream_created: str = "",
 ) -> Restored[E] | None:
     """Restore the newest snapshot that passes verification, or return ``None``.
 
@@ -139,6 +140,7 @@ async def choose(
                 stream_first_seq=stream_first_seq,
                 stream_last_seq=stream_last_seq,
                 stream_name=store.settings.stream,
+                stream_created=stream_created,
             )
             data = await store.get(meta)  # checks the bytes as check_bytes() does
             engine = restore_verified(engine_factory, data, meta)
@@ -158,7 +160,8 @@ async def choose(
             meta.stream_seq + 1,
         )
         return Restored(meta, engine)
-    logger.warning(
+    logger.log(
+        logging.WARNING if metas else logging.INFO,
         "no usable snapshot among %d in bucket %s: replay has to start from command 1",
         len(metas),
         store.bucket,
@@ -330,7 +333,7 @@ class SnapshotStore:
         )
         with _translated(f"storing snapshot {name}", snapshot=name):
             await self._objects.put(name, data, meta=object_meta)
-        logger.info(
+        logger.debug(
             "stored snapshot %s in %s: seq %d, stream seq %d, epoch %d, %d bytes",
             name,
             self._bucket,

@@ -1,0 +1,275 @@
+"""Issue 5 against a real server: snapshots, bootstrap, bounded journals, checkpoints and the
+version gate, with in-process nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+import pytest
+
+from jetstandby import connect
+from jetstandby.bootstrap import StreamBounds, stream_bounds
+from jetstandby.client import Client
+from jetstandby.config import JournalSettings, NodeSettings, ReplaySettings, SnapshotSettings
+from jetstandby.engine import Engine
+from jetstandby.engines.kv import KeyValueEngine, add, put
+from jetstandby.errors import ActionRefused, PromotionRefused
+from jetstandby.faults import TcpProxy
+from jetstandby.journal.stream import NatsClient, close_quietly
+from jetstandby.node import Node
+from jetstandby.server import NatsServer
+from jetstandby.snapshots import SnapshotStore
+from jetstandby.status import Role
+from tests.engines import ClockedKeyValue, KeyValueV2
+from tests.support import watch_logs
+
+REPLAY = ReplaySettings(
+    catch_up_interval=0.05, resubscribe_delay=0.05, resubscribe_failure_delay=0.1
+)
+SNAPSHOTS = SnapshotSettings(every_commands=0, every_seconds=0, bootstrap_retry=0.1)
+
+Start = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def start(nats_server: NatsServer) -> AsyncIterator[Start]:
+    tasks: list[asyncio.Task[Role]] = []
+    connections: list[NatsClient] = []
+
+    async def start_node(
+        node_id: str,
+        *,
+        engine: type[Engine] = KeyValueEngine,
+        primary: bool = False,
+        url: str | None = None,
+        journal: JournalSettings | None = None,
+        **kw: Any,
+    ) -> Node:
+        nc = await connect(url or nats_server.url)
+        connections.append(nc)
+        settings = NodeSettings(
+            node_id=node_id,
+            journal=journal or JournalSettings(journal="boot"),
+            replay=REPLAY,
+            snapshots=kw.pop("snapshots", SNAPSHOTS),
+            **kw,
+        )
+        node = Node(nc, engine(), settings, engine_factory=engine)
+        tasks.append(asyncio.create_task(node.run(as_primary=primary)))
+        await node.wait_started()
+        if primary:
+            await node.promote(wait=True, timeout=10)
+        return node
+
+    yield start_node
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+    for nc in connections:
+        await close_quietly(nc)
+
+
+async def submit_many(url: str, count: int, *, first: int = 0, journal: str = "boot") -> None:
+    async with await Client.connect(url, journal) as client:
+        for i in range(first, first + count):
+            await client.submit("Add", 1, add(f"k{i % 7}", i), request_id=f"r{i}")
+
+
+async def bounds_now(server: NatsServer) -> StreamBounds:
+    nc = await connect(server.url)
+    try:
+        return await stream_bounds(nc, BOUNDED)
+    finally:
+        await close_quietly(nc)
+
+
+async def caught_up(node: Node, seq: int) -> None:
+    await node.progress.wait_for(lambda p: node.state.last_seq >= seq, timeout=20)
+
+
+async def test_bootstrap_from_a_snapshot_plus_the_tail_equals_a_full_replay(
+    start: Start, nats_server: NatsServer
+) -> None:
+    a = await start("a", primary=True, checkpoint_every=50)
+    b = await start("b")
+    await submit_many(nats_server.url, 300)
+    await caught_up(b, a.state.last_seq)
+    meta = await b.take_snapshot(reason="test")
+    assert meta.seq == b.state.last_seq and meta.digest == b.digest()
+    await submit_many(nats_server.url, 200, first=300)
+
+    c = await start("c")
+    await caught_up(c, a.state.last_seq)
+    status = c.status()
+    assert status.started_from == f"snapshot {meta.name}"
+    assert status.commands_replayed == a.state.last_seq - meta.seq  # only the tail
+    assert c.digest() == b.digest() == a.digest()  # b replayed everything from command 1
+    assert b.status().started_from == "command 1"
+    # The digest was proven at a checkpoint after the snapshot, not only at the end.
+    assert meta.seq < status.last_checkpoint_seq <= a.state.last_seq
+    # The exactly-once record came with the snapshot: a retry from before it is answered.
+    assert c.state.lookup("r10") == b.state.lookup("r10") is not None
+
+
+async def test_a_corrupt_or_foreign_newest_snapshot_falls_back_to_an_older_one(
+    start: Start, nats_server: NatsServer
+) -> None:
+    await start("a", primary=True)
+    b = await start("b")
+    await submit_many(nats_server.url, 50)
+    await caught_up(b, 51)
+    good = await b.take_snapshot(reason=None)
+    await submit_many(nats_server.url, 50, first=50)
+    await caught_up(b, 101)
+    newest = await b.take_snapshot(reason=None)
+    nc = await connect(nats_server.url)
+    try:
+        objects = await nc.jetstream().object_store("JSB_SNAP_BOOT")
+        data = bytearray((await objects.get(newest.name)).data or b"")
+        data[len(data) // 2] ^= 0xFF
+        description = msgspec.json.encode(newest).decode()
+        from nats.js.api import ObjectMeta
+
+        await objects.put(newest.name, bytes(data), meta=ObjectMeta(newest.name, description))
+        foreign = msgspec.structs.replace(
+            newest, seq=newest.seq + 1, stream_created="2001-01-01T00:00:00+00:00"
+        )
+        raw = (await objects.get(good.name)).data or b""
+        await objects.put(
+            foreign.name,
+            raw,
+            meta=ObjectMeta(foreign.name, msgspec.json.encode(foreign).decode()),
+        )
+    finally:
+        await close_quietly(nc)
+    with watch_logs() as logs:
+        c = await start("c")
+        await caught_up(c, 101)
+    assert c.status().started_from == f"snapshot {good.name}"
+    assert logs.seen(f"snapshot {foreign.name} refused (stream)")
+    assert logs.seen(f"snapshot {newest.name} refused (checksum)")
+    assert c.digest() == b.digest()
+
+
+BOUNDED = JournalSettings(journal="boot", max_bytes=24 * 1024)
+
+
+async def test_a_standby_with_neither_command_1_nor_a_snapshot_halts_until_one_exists(
+    start: Start, nats_server: NatsServer
+) -> None:
+    a = await start("a", primary=True, journal=BOUNDED)
+    b = await start("b", journal=BOUNDED)
+    await submit_many(nats_server.url, 600)
+    await caught_up(b, a.state.last_seq)
+    assert (await bounds_now(nats_server)).first_seq > 1  # the limit dropped the oldest
+    c = await start("c", journal=BOUNDED)
+    await c.progress.wait_for(lambda p: p.halted, timeout=10)
+    status = c.status()
+    assert status.started_from is None and not status.ready
+    assert "no snapshot passed verification" in (status.last_error or "")
+    with pytest.raises(PromotionRefused):
+        await c.promote(force=True, reason="try")
+    await b.take_snapshot(reason="for c")
+    await caught_up(c, a.state.last_seq)
+    assert c.status().started_from is not None and c.digest() == a.digest()
+
+
+async def test_a_standby_that_falls_off_a_bounded_stream_rebootstraps(
+    start: Start, nats_server: NatsServer
+) -> None:
+    a = await start("a", primary=True, journal=BOUNDED)
+    b = await start("b", journal=BOUNDED)
+    async with TcpProxy("127.0.0.1", nats_server.port) as proxy:
+        c = await start("c", journal=BOUNDED, url=proxy.url)
+        await submit_many(nats_server.url, 20)
+        await caught_up(c, a.state.last_seq)
+        behind = c.state.last_seq
+        proxy.cut()  # c hears nothing while the stream drops what it still needs
+        await submit_many(nats_server.url, 600, first=20)
+        await caught_up(b, a.state.last_seq)
+        assert (await bounds_now(nats_server)).first_seq > behind + 1
+        meta = await b.take_snapshot(reason="c fell behind")
+        with watch_logs() as logs:
+            proxy.restore()
+            await caught_up(c, a.state.last_seq)
+    assert logs.seen("replay fell off the start of the stream")
+    assert c.status().started_from == f"snapshot {meta.name}"
+    assert c.digest() == a.digest() and not c.status().halted
+
+
+def test_the_retention_warning_fires_near_the_start_of_a_bounded_stream() -> None:
+    bounds = StreamBounds(first_seq=1001, last_seq=2000, messages=1000, limited=True)
+    assert bounds.headroom(1999) == 999 and bounds.headroom(1000) == 0
+    fraction = SnapshotSettings().retention_warn_fraction
+    assert bounds.headroom(1150) < fraction * bounds.messages  # warn: 150 of 1000 left
+    assert not bounds.headroom(1500) < fraction * bounds.messages
+
+
+async def test_nondeterminism_is_caught_within_one_checkpoint_interval(
+    start: Start, nats_server: NatsServer
+) -> None:
+    a = await start("a", primary=True, engine=ClockedKeyValue, checkpoint_every=10)
+    b = await start("b", engine=ClockedKeyValue)
+    await submit_many(nats_server.url, 25)
+    await b.progress.wait_for(lambda p: p.halted, timeout=10)
+    status = b.status()
+    assert status.diverged and status.halted and not status.ready
+    assert status.last_applied_seq == 10  # the first checkpoint (seq 11) caught it
+    assert "DIVERGED at command seq 10" in (status.last_error or "")
+    with pytest.raises(PromotionRefused, match="not even by force"):
+        await b.promote(force=True, reason="try anyway")
+    with pytest.raises(ActionRefused, match="cannot repair"):
+        await b.skip(stream_seq=12, reason="try")
+    assert a.role is Role.PRIMARY
+
+
+async def test_the_version_gate_refuses_an_older_engine_unless_forced(
+    start: Start, nats_server: NatsServer
+) -> None:
+    a = await start("a", primary=True, engine=KeyValueV2, checkpoint_every=5)
+    old = await start("old")
+    new = await start("new", engine=KeyValueV2)
+    async with await Client.connect(nats_server.url, "boot") as client:
+        for i in range(6):
+            await client.submit("Put", 1, put("k", str(i)))
+    await caught_up(old, a.state.last_seq)
+    status = old.status()
+    assert status.writer_engine_version == 2 and status.accepts["Put"] == [1]
+    with pytest.raises(PromotionRefused, match="v1 is older than v2"):
+        await old.promote()
+    async with await Client.connect(nats_server.url, "boot") as client:
+        await client.submit("Put", 2, put("k", "v2"))
+    await old.progress.wait_for(lambda p: p.halted, timeout=10)
+    assert "'Put' version 2" in (old.status().last_error or "")
+    await caught_up(new, a.state.last_seq)
+    assert new.digest() == a.digest() and not new.status().halted
+
+
+async def test_a_standby_takes_snapshots_on_its_own_and_keeps_the_newest(
+    start: Start, nats_server: NatsServer
+) -> None:
+    a = await start("a", primary=True)
+    every = SnapshotSettings(every_commands=100, every_seconds=0.5, keep=2)
+    with watch_logs() as logs:
+        b = await start("b", snapshots=every)
+        await submit_many(nats_server.url, 150)
+        await logs.wait_for(f"stored: seq {a.state.last_seq},", timeout=20)
+        await submit_many(nats_server.url, 150, first=150)
+        final = a.state.last_seq
+        await logs.wait_for(f"stored: seq {final},", timeout=20)
+    assert b.status().snapshots_taken >= 2 and b.status().last_snapshot_seq == final
+    nc = await connect(nats_server.url)
+    try:
+        async with await SnapshotStore.open(nc, JournalSettings(journal="boot")) as store:
+            kept = await store.list()
+    finally:
+        await close_quietly(nc)
+    assert [m.seq for m in kept][0] == final and len(kept) == 2
+    assert all(m.node_id == "b" for m in kept)
+    with pytest.raises(ActionRefused, match="the primary never pauses"):
+        await a.take_snapshot(reason="no")
