@@ -75,3 +75,13 @@ async def test_r3_cluster_losing_servers_and_quorum(cycles: int | None, tmp_path
     assert_valid(result)
     assert result.facts["acks_while_quorum_lost"] == 0, result.facts
     assert any(k.startswith("leader ") for k in result.facts["killed"]), result.facts
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SCENARIO_TIMEOUT)
+async def test_poison_halts_the_standby_until_an_operator_skips_it(
+    cycles: int | None, tmp_path: Path
+) -> None:
+    result = await run("poison", cycles, tmp_path)
+    assert_valid(result)
+    assert len(result.facts["skipped"]) == 6 * result.cycles, result.facts

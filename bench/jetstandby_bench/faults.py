@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from jetstandby_bench import faults_failover, faults_server
+from jetstandby_bench import faults_failover, faults_poison, faults_server
 from jetstandby_bench.faults_common import ScenarioResult
 
 
@@ -44,6 +44,7 @@ SCENARIOS: dict[str, Scenario] = {
     "cluster_loss": Scenario(
         faults_server.cluster_loss, 6, "R3 cluster: kill the leader or a server; lose quorum"
     ),
+    "poison": Scenario(faults_poison.poison, 1, "six kinds of poison; halt; operator skip"),
 }
 
 
