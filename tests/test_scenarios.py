@@ -85,3 +85,21 @@ async def test_poison_halts_the_standby_until_an_operator_skips_it(
     result = await run("poison", cycles, tmp_path)
     assert_valid(result)
     assert len(result.facts["skipped"]) == 6 * result.cycles, result.facts
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SCENARIO_TIMEOUT)
+async def test_link_cuts_standby_catches_up_and_cut_off_primary_is_fenced(
+    cycles: int | None, tmp_path: Path
+) -> None:
+    result = await run("link_faults", cycles, tmp_path)
+    assert_valid(result)
+    assert result.facts["old_primary_exit"] == [4] * result.cycles, result.facts
+    assert len(result.failover_ms) == result.cycles
+
+
+# Fast (a few seconds): part of the default run, not marked slow.
+async def test_bad_operator_input_is_refused_clearly(cycles: int | None, tmp_path: Path) -> None:
+    result = await run("bad_input", cycles, tmp_path)
+    assert not result.problems, result.explain()
+    assert result.facts["promote with malformed JSON"].startswith("HTTP 400")

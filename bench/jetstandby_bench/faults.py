@@ -20,7 +20,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from jetstandby_bench import faults_failover, faults_poison, faults_server
+from jetstandby_bench import (
+    faults_failover,
+    faults_link,
+    faults_poison,
+    faults_server,
+    faults_usage,
+)
 from jetstandby_bench.faults_common import ScenarioResult
 
 
@@ -44,7 +50,11 @@ SCENARIOS: dict[str, Scenario] = {
     "cluster_loss": Scenario(
         faults_server.cluster_loss, 6, "R3 cluster: kill the leader or a server; lose quorum"
     ),
+    "link_faults": Scenario(
+        faults_link.link_faults, 1, "proxy: cut the standby 30 s; cut the primary, promote"
+    ),
     "poison": Scenario(faults_poison.poison, 1, "six kinds of poison; halt; operator skip"),
+    "bad_input": Scenario(faults_usage.bad_input, 1, "bad config, engine, --nats; bad promotes"),
 }
 
 
