@@ -113,3 +113,15 @@ async def test_a_gap_halts_and_a_skip_cannot_hide_it(
     await node.progress.wait_for(lambda p: p.halted and p.replay_cursor_seq == 3, timeout=10)
     assert "expected command seq 3, got 5" in (node.status().last_error or "")
     assert node.state.last_seq == 2
+
+
+async def test_an_oversized_envelope_halts_naming_its_seq(
+    nc: NatsClient, standby: Callable[[], asyncio.Future[Node]]
+) -> None:
+    size = nc.max_payload - wire.HEADER_ROOM // 2 - 64  # under what the server takes
+    big = wire.encode(wire.Envelope(1, 3, 1, 1, "Put", 1, b"\x00" * size))
+    await write(nc, MARKER, command(2), big, command(4))
+    node = await standby()
+    await node.progress.wait_for(lambda p: p.halted, timeout=10)
+    assert "command seq 3 (stream seq 3): oversized envelope" in (node.status().last_error or "")
+    assert node.state.last_seq == 2

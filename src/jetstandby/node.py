@@ -147,6 +147,7 @@ class Node:
                     self._signal,
                     start_after=self._position(),
                     settings=self.settings.replay,
+                    max_body=self._max_body(),
                 )
             except HistoryLost as exc:
                 logger.error("replay fell off the start of the stream: %s", exc)
@@ -230,6 +231,11 @@ class Node:
         # A promote latched while halted must not fire on its own once replay resumes.
         self._sender, self._signal = promote_channel()
 
+    def _max_body(self) -> int | None:
+        """The largest message a primary may journal: :meth:`CommandJournal.encode`'s rule."""
+        max_payload = self._nc.max_payload
+        return max_payload - wire.HEADER_ROOM if max_payload else None
+
     def _position(self) -> Position:
         return Position(
             self.state.last_seq, self.progress.replay_cursor_seq or 0, self.state.last_msg_id
@@ -301,6 +307,7 @@ class Node:
                 signal,
                 start_after=self._position(),
                 settings=self.settings.replay,
+                max_body=self._max_body(),
             )
         )
         reached = asyncio.get_running_loop().create_task(

@@ -231,6 +231,7 @@ async def run_replay_loop(
     *,
     start_after: Position = Position(),  # noqa: B008 - frozen value object
     settings: ReplaySettings | None = None,
+    max_body: int | None = None,
 ) -> H:
     """Replay the journal into ``handler`` from just after ``start_after`` until promoted.
 
@@ -238,10 +239,12 @@ async def run_replay_loop(
     ends or errors, or a NATS server restart never end the loop (it re-subscribes from its
     cursor + 1). Raises a :class:`ReplayError` subclass when replay must halt: the handler
     raised (:class:`HandlerError`), an envelope is malformed (:class:`ProtocolError`) or
-    command seqs skip (:class:`SequenceGapError`). ``progress`` shows the same error.
+    command seqs skip (:class:`SequenceGapError`). ``max_body``: a larger message is one no
+    writer could have journaled, and halts replay too. ``progress`` shows the same error.
     Cancelling the call stops replay cleanly.
     """
     run = _ReplayRun(feed, handler, progress, settings or ReplaySettings(), start_after)
+    run.max_body = max_body
     await run.run(promote)
     return handler
 
@@ -269,6 +272,7 @@ class _ReplayRun:
         self._subscription: Subscription | None = None
         self._batch_count = 0
         self._fresh_tail = False
+        self.max_body: int | None = None
 
     async def run(self, promote: PromoteSignal) -> None:
         # Helpers also check ``_stopped``: on Python 3.11 a cancellation that races a reply
@@ -327,6 +331,17 @@ class _ReplayRun:
             self._halt(ProtocolError(str(exc), seq=None, stream_seq=stream_seq))
             return
         seq = command.seq
+        if self.max_body is not None and len(data) > self.max_body:
+            self._halt(
+                ProtocolError(
+                    f"command seq {seq} (stream seq {stream_seq}): oversized envelope of "
+                    f"{len(data)} bytes, over the {self.max_body} a writer may journal (the "
+                    "server's max_payload less the header room): not written by a primary",
+                    seq=seq,
+                    stream_seq=stream_seq,
+                )
+            )
+            return
         if seq != self._last_seq + 1:
             if seq <= self._last_seq:
                 self._cursor = stream_seq
