@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from jetstandby.errors import ConfigError
 from jetstandby_bench import (
     faults_failover,
     faults_link,
@@ -71,7 +72,7 @@ async def run(bench: FaultsBench) -> dict[str, Any]:
     ``{"scenarios": {name: figures}, "valid": bool}``."""
     unknown = [name for name in bench.only if name not in SCENARIOS]
     if unknown:
-        raise ValueError(f"unknown scenario(s) {unknown}; choose from {sorted(SCENARIOS)}")
+        raise ConfigError("--only", f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
     names = list(bench.only) or list(SCENARIOS)
     console = Console(stderr=True)
     results: dict[str, ScenarioResult] = {}
@@ -89,11 +90,11 @@ async def run(bench: FaultsBench) -> dict[str, Any]:
             console.print(results[name].explain())
     figures = {name: r.figures() for name, r in results.items()}
     out = {"scenarios": figures, "valid": all(r.valid for r in results.values())}
+    # With --json, stdout carries the JSON object alone and the table goes to stderr.
+    print_table(figures, seconds, Console(stderr=bench.as_json, width=120))
     if bench.as_json:
         json.dump(figures, sys.stdout)
         sys.stdout.write("\n")
-    else:
-        print_table(figures, seconds)
     if bench.keep or not out["valid"]:
         console.print(f"histories and node logs kept in {base}")
     else:
@@ -103,7 +104,9 @@ async def run(bench: FaultsBench) -> dict[str, Any]:
     return out
 
 
-def print_table(figures: dict[str, dict[str, Any]], seconds: dict[str, float]) -> None:
+def print_table(
+    figures: dict[str, dict[str, Any]], seconds: dict[str, float], console: Console
+) -> None:
     table = Table(title="jetstandby fault scenarios")
     for column in (
         "scenario",
@@ -131,4 +134,4 @@ def print_table(figures: dict[str, dict[str, Any]], seconds: dict[str, float]) -
             "yes" if f["valid"] else "NO",
             f"{seconds[name]:.0f}",
         )
-    Console().print(table)
+    console.print(table)

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import nats
 import nats.errors
+from nats.aio.client import Client as NATS
 
 from jetstandby import submission, wire
 from jetstandby.client import Client
@@ -342,7 +343,7 @@ class RawRequests:
         self.urls, self.history = urls, history
         self.subject = wire.submit_subject(journal)
         self.outcomes: Counter[str] = Counter()
-        self._nc: nats.NATS | None = None
+        self._nc: NATS | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def send(self, count: int, prefix: str, timeout: float = SUBMIT_DEADLINE) -> None:

@@ -10,6 +10,7 @@ comes back as a fresh standby (its own proxy) for the next cycle.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,6 +27,10 @@ from jetstandby_bench.faults_common import (
 from jetstandby_bench.faults_failover import EXIT_FENCED, LOAD_BETWEEN_FAULTS, promote, replaying
 
 STANDBY_CUT: Final = 30.0
+
+
+def _back_to(seq: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda s: bool(s["halted"] or s["last_applied_seq"] >= seq)
 
 
 async def link_faults(cycles: int, workdir: Path, *, seed: int = 1) -> ScenarioResult:
@@ -49,9 +54,7 @@ async def link_faults(cycles: int, workdir: Path, *, seed: int = 1) -> ScenarioR
                     behind = tail - (await standby.status())["last_applied_seq"]
                     facts["standby_behind_after_cut"].append(behind)
                     link.restore()
-                    status = await standby.wait_status(
-                        lambda s, tail=tail: s["halted"] or s["last_applied_seq"] >= tail, 120
-                    )
+                    status = await standby.wait_status(_back_to(tail), 120)
                     if status["halted"]:
                         problems.append(f"the standby halted after its link came back: {status}")
                         break

@@ -128,7 +128,8 @@ async def _halted_at(standby: NodeProcess, last: int, stream_seq: int, kind: str
 async def _operator_skip(standby: NodeProcess, stream_seq: int, kind: str) -> list[str]:
     """Refused skips first (no token, another seq, no reason), then the one that resumes."""
     problems = []
-    body = {"stream_seq": stream_seq, "reason": f"poison {kind} in the fault suite"}
+    reason = f"poison {kind} in the fault suite"
+    body: dict[str, Any] = {"stream_seq": stream_seq, "reason": reason}
     refusals = [
         (await standby.http("POST", "/admin/skip", body, token=None), 401),
         (await standby.http("POST", "/admin/skip", {**body, "stream_seq": stream_seq + 1}), 409),
@@ -141,7 +142,7 @@ async def _operator_skip(standby: NodeProcess, stream_seq: int, kind: str) -> li
     if code != 200 or answer.get("stream_seq") != stream_seq:
         problems.append(f"{kind}: the skip answered {code}: {answer}")
     log = " ".join(standby.log.read_text(errors="replace").split())  # undo the line wrapping
-    if f"SKIP of stream seq {stream_seq} " not in log or body["reason"] not in log:
+    if f"SKIP of stream seq {stream_seq} " not in log or reason not in log:
         problems.append(f"{kind}: the skip of stream seq {stream_seq} is not in the log")
     return problems
 

@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--runs", type=_count("--runs"), default=3)
     engine.add_argument("--json", action="store_true")
     _add_e2e_bench(which)
+    _add_faults_bench(which)
 
     server = commands.add_parser("server", help="run an embedded nats-server in the foreground")
     server.add_argument("--port", type=int, default=None)
@@ -122,6 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="fsync: the server acknowledges only after fsync (sync_interval: always)",
     )
     return parser
+
+
+def _add_faults_bench(which: Any) -> None:
+    faults = which.add_parser(
+        "faults",
+        help="fault-injection scenarios: nothing lost, duplicated or split-brained",
+        description="Runs the fault scenarios (the slow tests' code) and prints, per scenario: "
+        "cycles, operations acknowledged, lost/duplicated/unexpected, failover p50/p99.",
+    )
+    faults.add_argument("--cycles", type=_count("--cycles"), default=None, help="per scenario")
+    faults.add_argument("--only", nargs="+", default=[], metavar="NAME", help="these scenarios")
+    faults.add_argument("--keep", action="store_true", help="keep histories and node logs")
+    faults.add_argument("--json", action="store_true")
 
 
 def _add_e2e_bench(which: Any) -> None:
@@ -195,6 +209,8 @@ def _add_node_commands(commands: Any) -> None:
     skip.add_argument("--reason", required=True, help="why; logged and kept in status")
     skip.add_argument("--token-file", default=None, help="default: $JETSTANDBY_TOKEN")
 
+    _add_snapshot_commands(commands)
+
     submit = commands.add_parser("submit", help="send one command to the primary")
     submit.add_argument("command_type", metavar="TYPE")
     submit.add_argument("payload", metavar="JSON", help="a JSON object, sent as msgpack")
@@ -203,6 +219,26 @@ def _add_node_commands(commands: Any) -> None:
     submit.add_argument("--journal", default="default")
     submit.add_argument("--request-id", default=None)
     submit.add_argument("--deadline", type=_positive_float("--deadline"), default=10.0)
+
+
+def _add_snapshot_commands(commands: Any) -> None:
+    snapshot = commands.add_parser("snapshot", help="take, list or verify engine snapshots")
+    which = snapshot.add_subparsers(dest="snapshot", required=True, metavar="ACTION")
+    take = which.add_parser("take", help="ask a standby (admin API) to snapshot its state now")
+    take.add_argument("--admin", default="http://127.0.0.1:7070", metavar="URL")
+    take.add_argument("--reason", default=None, help="logged by the node")
+    take.add_argument("--token-file", default=None, help="default: $JETSTANDBY_TOKEN")
+    for name, text in (
+        ("list", "the snapshots in a journal's bucket, newest first"),
+        ("verify", "check each snapshot as a bootstrapping node would (exit 1: none usable)"),
+    ):
+        sub = which.add_parser(name, help=text)
+        sub.add_argument("--nats", default="nats://127.0.0.1:4222", metavar="URL")
+        sub.add_argument("--journal", default="default")
+        sub.add_argument("--json", action="store_true")
+        if name == "verify":
+            sub.add_argument("--engine", required=True, metavar="NAME|module:Class")
+            sub.add_argument("--name", default=None, help="only this snapshot")
 
 
 def _configure_logging(console: Console, verbose: bool, quiet: bool) -> None:
@@ -292,6 +328,14 @@ async def _bench(args: argparse.Namespace, console: Console) -> int:
                 as_json=args.json,
             )
         )
+    elif args.bench == "faults":
+        from jetstandby_bench.faults import FaultsBench
+        from jetstandby_bench.faults import run as run_faults
+
+        outcome = await run_faults(
+            FaultsBench(cycles=args.cycles, only=args.only, as_json=args.json, keep=args.keep)
+        )
+        return EXIT_OK if outcome["valid"] else EXIT_FAILED
     else:
         from jetstandby_bench.journal import JournalBench
         from jetstandby_bench.journal import run as run_journal
@@ -330,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # stdout is reserved for JSON.
     console = Console(stderr=as_json or args.command in ("run", "server", "submit"))
     _configure_logging(console, args.verbose, quiet=args.command == "bench" or as_json)
-    from jetstandby import clicommands
+    from jetstandby import clicommands, clisnapshots
 
     handler = {
         "demo": _demo,
@@ -340,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": clicommands.status,
         "promote": clicommands.promote,
         "skip": clicommands.skip,
+        "snapshot": clisnapshots.run,
         "submit": clicommands.submit,
     }[args.command]
     try:
