@@ -92,6 +92,13 @@ def make_status(**changes: Any) -> NodeStatus:
         submissions_rejected=3,
         submissions_deduplicated=4,
         transitions=[Transition(None, Role.STANDBY, 1_700_000_000_000, "boot")],
+        stream_first_seq=900,
+        retention_headroom=603,
+        retention_warning=True,
+        last_checkpoint_seq=1000,
+        writer_engine_version=3,
+        snapshots_taken=2,
+        last_snapshot_seq=1400,
     )
     return msgspec.structs.replace(status, **changes)
 
@@ -304,6 +311,14 @@ async def test_metrics_expose_status_with_prometheus_names(
         "jetstandby_submissions_acknowledged_total{}": 11.0,
         "jetstandby_submissions_rejected_total{}": 3.0,
         "jetstandby_submissions_deduplicated_total{}": 4.0,
+        "jetstandby_stream_first_seq{}": 900.0,
+        "jetstandby_retention_headroom_commands{}": 603.0,
+        "jetstandby_retention_warning{}": 1.0,
+        "jetstandby_diverged{}": 0.0,
+        "jetstandby_last_checkpoint_seq{}": 1000.0,
+        "jetstandby_writer_engine_version{}": 3.0,
+        "jetstandby_snapshots_taken_total{}": 2.0,
+        "jetstandby_last_snapshot_seq{}": 1400.0,
     }
     assert {name: samples.get(name) for name in expected} == expected
     assert all(name.startswith("jetstandby_") for name in samples)

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
 from jetstandby import connect
+from jetstandby.admin import AdminServer, AdminSettings
 from jetstandby.bootstrap import StreamBounds, stream_bounds
+from jetstandby.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from jetstandby.client import Client
 from jetstandby.config import JournalSettings, NodeSettings, ReplaySettings, SnapshotSettings
 from jetstandby.engine import Engine
@@ -273,3 +277,33 @@ async def test_a_standby_takes_snapshots_on_its_own_and_keeps_the_newest(
     assert all(m.node_id == "b" for m in kept)
     with pytest.raises(ActionRefused, match="the primary never pauses"):
         await a.take_snapshot(reason="no")
+
+
+async def test_snapshot_cli_takes_lists_and_verifies(
+    start: Start, nats_server: NatsServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    a = await start("a", primary=True)
+    b = await start("b")
+    await submit_many(nats_server.url, 30)
+    await caught_up(b, a.state.last_seq)
+    token = tmp_path / "token"
+    token.write_text("t0ken")
+    async with AdminServer(b, AdminSettings(token="t0ken", port=0)) as admin:
+        args = ["snapshot", "take", "--admin", admin.url, "--token-file", str(token)]
+        assert await asyncio.to_thread(main, args) == EXIT_OK
+        args[-1] = str(tmp_path / "missing")
+        assert await asyncio.to_thread(main, args) == EXIT_USAGE
+    capsys.readouterr()
+    where = ["--nats", nats_server.url, "--journal", "boot", "--json"]
+    assert await asyncio.to_thread(main, ["snapshot", "list", *where]) == EXIT_OK
+    listed = json.loads(capsys.readouterr().out)
+    assert [m["seq"] for m in listed] == [31] and listed[0]["node_id"] == "b"
+    verify = ["snapshot", "verify", *where, "--engine", "kv"]
+    assert await asyncio.to_thread(main, verify) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)[0]["ok"] is True
+    # Another engine cannot use it: refused, naming why, and exit 1 (none usable).
+    engine = "tests.engines:KeyValueV2"
+    assert await asyncio.to_thread(main, [*verify[:-2], "--engine", engine]) == EXIT_FAILED
+    refusal = json.loads(capsys.readouterr().out)[0]["refusal"]
+    assert "refused (engine)" in refusal and "version 2" in refusal
+    assert await asyncio.to_thread(main, [*verify[:-2], "--engine", "nope"]) == EXIT_USAGE

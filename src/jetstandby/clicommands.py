@@ -126,15 +126,15 @@ async def promote(args: argparse.Namespace, console: Console) -> int:
     if args.force and not args.reason:
         raise ConfigError("--reason", "is required with --force")
     body = {"force": args.force, "reason": args.reason, "wait": args.wait, "timeout": args.timeout}
-    return await _admin_action(args, console, "promote", body)
+    return await admin_action(args, console, "promote", body)
 
 
 async def skip(args: argparse.Namespace, console: Console) -> int:
     body = {"stream_seq": args.stream_seq, "reason": args.reason}
-    return await _admin_action(args, console, "skip", body)
+    return await admin_action(args, console, "skip", body)
 
 
-async def _admin_action(
+async def admin_action(
     args: argparse.Namespace, console: Console, action: str, body: dict[str, Any]
 ) -> int:
     """POST an admin action; 409 (refused), 503 and 504 are failures, any other error usage."""

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from jetstandby.config import JournalSettings, NodeSettings, ReplaySettings
+from jetstandby.config import JournalSettings, NodeSettings, ReplaySettings, SnapshotSettings
 from jetstandby.errors import ConfigError
 
 ENV_PREFIX = "JETSTANDBY_"
@@ -37,6 +37,13 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     max_promote_lag: int = 10_000
     stay_up: bool = False
     durability: Literal["acked", "fsync"] = "acked"
+    checkpoint_every: int = 1000
+    max_age: float = 0.0
+    max_bytes: int = -1
+    snapshots: bool = True
+    snapshot_every_commands: int = 100_000
+    snapshot_every_seconds: float = 600.0
+    snapshot_keep: int = 3
 
     def admin_address(self) -> tuple[str, int]:
         host, sep, port = self.admin.rpartition(":")
@@ -47,9 +54,21 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     def node_settings(self) -> NodeSettings:
         return NodeSettings(
             node_id=self.node_id or "n" + uuid.uuid4().hex[:10],
-            journal=JournalSettings(journal=self.journal, replicas=self.replicas),
+            journal=JournalSettings(
+                journal=self.journal,
+                replicas=self.replicas,
+                max_age=self.max_age,
+                max_bytes=self.max_bytes,
+            ),
             replay=ReplaySettings(),
+            snapshots=SnapshotSettings(
+                enabled=self.snapshots,
+                every_commands=self.snapshot_every_commands,
+                every_seconds=self.snapshot_every_seconds,
+                keep=self.snapshot_keep,
+            ),
             max_promote_lag=self.max_promote_lag,
+            checkpoint_every=self.checkpoint_every,
         )
 
 

@@ -38,6 +38,7 @@ _COUNTERS: Final[tuple[tuple[str, str, str], ...]] = (
         "Submissions answered from the dedup window.",
         "submissions_deduplicated",
     ),
+    ("snapshots_taken", "Snapshots this node took and stored.", "snapshots_taken"),
 )
 # Gauges also carry a divisor into base units (milliseconds -> seconds).
 _GAUGES: Final[tuple[tuple[str, str, str, float], ...]] = (
@@ -65,11 +66,42 @@ _GAUGES: Final[tuple[tuple[str, str, str, float], ...]] = (
         "catch_up_eta_s",
         1.0,
     ),
+    ("stream_first_seq", "The journal stream's first sequence now.", "stream_first_seq", 1.0),
+    (
+        "retention_headroom_commands",
+        "Messages the stream may still drop before one this standby needs goes.",
+        "retention_headroom",
+        1.0,
+    ),
+    (
+        "last_checkpoint_seq",
+        "Last checkpoint whose digest this node matched.",
+        "last_checkpoint_seq",
+        1.0,
+    ),
+    (
+        "writer_engine_version",
+        "Engine version of the journal's writer.",
+        "writer_engine_version",
+        1.0,
+    ),
+    (
+        "last_snapshot_seq",
+        "Command seq of the last snapshot this node took.",
+        "last_snapshot_seq",
+        1.0,
+    ),
 )
 _FLAGS: Final[tuple[tuple[str, str, str], ...]] = (
     ("ready", "1 if the node reports ready.", "ready"),
     ("caught_up", "1 if replay has caught up with the stream.", "caught_up"),
     ("halted", "1 if replay has halted on an error.", "halted"),
+    ("diverged", "1 if a checkpoint's digest differed: never promotable.", "diverged"),
+    (
+        "retention_warning",
+        "1 if this standby is close to losing history it still needs.",
+        "retention_warning",
+    ),
 )
 
 

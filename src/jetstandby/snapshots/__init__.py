@@ -39,7 +39,13 @@ from jetstandby.snapshots.meta import (
     restore_verified,
     verify,
 )
-from jetstandby.snapshots.store import CHUNK_SIZE, READ_WINDOW_BYTES, SnapshotStore, choose
+from jetstandby.snapshots.store import (
+    CHUNK_SIZE,
+    READ_WINDOW_BYTES,
+    SnapshotStore,
+    choose,
+    load_verified,
+)
 
 __all__ = [
     "CHUNK_SIZE",
@@ -56,6 +62,7 @@ __all__ = [
     "check_bytes",
     "check_meta",
     "choose",
+    "load_verified",
     "object_name",
     "restore_verified",
     "verify",

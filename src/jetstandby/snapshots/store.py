@@ -114,6 +114,30 @@ _UNAVAILABLE: Final = (
 _meta_decoder: Final = msgspec.json.Decoder(SnapshotMeta)
 
 
+async def load_verified(
+    store: SnapshotStore,
+    meta: SnapshotMeta,
+    engine_factory: Callable[[], E],
+    *,
+    stream_first_seq: int,
+    stream_last_seq: int,
+    stream_created: str = "",
+) -> E:
+    """Fetch snapshot ``meta`` and restore it into a fresh engine, proving every check:
+    metadata (:func:`check_meta`), bytes (size, SHA-256) and the restored state's digest.
+    Raises :class:`SnapshotError` naming the first that fails."""
+    check_meta(
+        meta,
+        engine=engine_factory(),
+        stream_first_seq=stream_first_seq,
+        stream_last_seq=stream_last_seq,
+        stream_name=store.settings.stream,
+        stream_created=stream_created,
+    )
+    data = await store.get(meta)  # checks the bytes as check_bytes() does
+    return restore_verified(engine_factory, data, meta)
+
+
 async def choose(
     store: SnapshotStore,
     engine_factory: Callable[[], E],
@@ -124,26 +148,23 @@ async def choose(
 ) -> Restored[E] | None:
     """Restore the newest snapshot that passes verification, or return ``None``.
 
-    Snapshots are tried newest first. Each refused one is logged with the reason, and the
-    next older one is tried. ``None`` means none passed: the caller replays from command 1
-    if the journal still has it, and halts otherwise. The stream bounds are those of the
-    journal's stream now. Raises :class:`JournalUnavailable` if the store cannot be read,
-    and :class:`SnapshotError` only if ``store`` is closed.
+    Snapshots are tried newest first (:func:`load_verified`). Each refused one is logged
+    with the reason, and the next older one is tried. ``None`` means none passed: the caller
+    replays from command 1 if the journal still has it, and halts otherwise. The stream
+    bounds are those of the journal's stream now. Raises :class:`JournalUnavailable` if the
+    store cannot be read, and :class:`SnapshotError` only if ``store`` is closed.
     """
-    probe = engine_factory()
     metas = await store.list()
     for meta in metas:
         try:
-            check_meta(
+            engine = await load_verified(
+                store,
                 meta,
-                engine=probe,
+                engine_factory,
                 stream_first_seq=stream_first_seq,
                 stream_last_seq=stream_last_seq,
-                stream_name=store.settings.stream,
                 stream_created=stream_created,
             )
-            data = await store.get(meta)  # checks the bytes as check_bytes() does
-            engine = restore_verified(engine_factory, data, meta)
         except SnapshotError as exc:
             if exc.reason == Refusal.CLOSED:
                 raise
