@@ -15,18 +15,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from jetstandby.config import JournalSettings
-from jetstandby.journal import Position
-from jetstandby.journal.marker import append_fenced
-from jetstandby.journal.stream import close_quietly, connect, ensure_stream, stream_info
-from jetstandby.state import marker_envelope, marker_msg_id
-from jetstandby.wire import Envelope, encode
+from jetstandby.journal.stream import close_quietly, connect, ensure_stream
 from jetstandby_bench.e2e_engine import rss_bytes
 from jetstandby_bench.e2e_load import bounded_orders
 from jetstandby_bench.e2e_procs import read_rows, start_node, stop_node
+from jetstandby_bench.prewrite import publish_commands, write_marker
 
 JOURNAL: Final = "e2e_memory"
 RSS_EVERY: Final = 50_000
-ACK_EVERY: Final = 1_000
 SAMPLE_EVERY: Final = 0.5
 MB: Final = 1024 * 1024
 
@@ -34,35 +30,17 @@ MB: Final = 1024 * 1024
 async def write_journal(url: str, count: int, seed: int = 11) -> float:
     """Write an epoch marker and ``count`` commands; returns commands per second.
 
-    The marker goes through the fenced path a primary uses. The commands are published raw
-    (no fencing headers, which a standby does not read) for speed, each 1,000th as a request
-    whose JetStream acknowledgement also covers the ones before it on this connection; the
-    stream's last seq is checked at the end.
+    See :mod:`jetstandby_bench.prewrite`: the marker fenced as a primary writes it, the
+    commands published raw, each with a request id so the exactly-once record fills too.
     """
     settings = JournalSettings(journal=JOURNAL)
     nc = await connect(url, name="jetstandby-bench-writer")
     try:
         await ensure_stream(nc, settings)
-        marker = marker_envelope(seq=1, epoch=1, node="bench", timestamp_ns=time.time_ns())
-        msg_id = marker_msg_id(1, 1, "bench")
-        await append_fenced(nc, settings, marker, msg_id=msg_id, after=Position())
-        subject, last = settings.subject, count + 1
-        start = time.perf_counter()
-        for seq, (ctype, version, payload) in enumerate(bounded_orders(seed, count), start=2):
-            body = encode(Envelope(1, seq, 1, time.time_ns(), ctype, version, payload, f"m{seq}"))
-            if seq % ACK_EVERY and seq != last:
-                await nc.publish(subject, body)
-                continue
-            reply = await nc.request(subject, body, timeout=30)
-            if b"error" in reply.data:
-                raise RuntimeError(f"JetStream refused command {seq}: {reply.data!r}")
-        elapsed = time.perf_counter() - start
-        stored = (await stream_info(nc, settings.stream, 10)).state.last_seq
-        if stored != last:
-            raise RuntimeError(f"the stream ends at {stored}, not at {last}: messages were lost")
+        await write_marker(nc, settings)
+        return await publish_commands(nc, settings, bounded_orders(seed, count), first_seq=2)
     finally:
         await close_quietly(nc)
-    return count / elapsed
 
 
 async def measure(

@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--json", action="store_true")
     _add_e2e_bench(which)
     _add_faults_bench(which)
+    boot = which.add_parser(
+        "bootstrap", help="a new standby caught up by full replay vs by snapshot plus tail"
+    )
+    boot.add_argument("--count", type=_count("--count"), default=1_000_000)
+    boot.add_argument("--tail", type=_count("--tail"), default=10_000, help="after the snapshot")
+    boot.add_argument("--runs", type=_count("--runs"), default=1, help="each writes a journal")
+    boot.add_argument("--json", action="store_true")
 
     server = commands.add_parser("server", help="run an embedded nats-server in the foreground")
     server.add_argument("--port", type=int, default=None)
@@ -327,6 +334,13 @@ async def _bench(args: argparse.Namespace, console: Console) -> int:
                 report_dir=None if args.no_report else Path(args.report_dir),
                 as_json=args.json,
             )
+        )
+    elif args.bench == "bootstrap":
+        from jetstandby_bench.bootstrap import BootstrapBench
+        from jetstandby_bench.bootstrap import run as run_bootstrap
+
+        result = await run_bootstrap(
+            BootstrapBench(args.count, args.tail, args.runs, as_json=args.json)
         )
     elif args.bench == "faults":
         from jetstandby_bench.faults import FaultsBench
