@@ -192,7 +192,7 @@ class NodeSettings:
     max_promote_lag: int = 10_000
     promote_attempts: int = 5
     #: As primary, journal a digest checkpoint after every this many commands (0: never).
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 10_000
 
     def __post_init__(self) -> None:
         if not _NODE_ID.match(self.node_id):

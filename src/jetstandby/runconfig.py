@@ -37,7 +37,7 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     max_promote_lag: int = 10_000
     stay_up: bool = False
     durability: Literal["acked", "fsync"] = "acked"
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 10_000
     max_age: float = 0.0
     max_bytes: int = -1
     snapshots: bool = True
