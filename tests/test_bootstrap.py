@@ -15,7 +15,7 @@ import pytest
 
 from jetstandby import connect
 from jetstandby.admin import AdminServer, AdminSettings
-from jetstandby.bootstrap import StreamBounds, stream_bounds
+from jetstandby.bootstrap import RetentionWatch, StreamBounds, stream_bounds
 from jetstandby.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from jetstandby.client import Client
 from jetstandby.config import JournalSettings, NodeSettings, ReplaySettings, SnapshotSettings
@@ -207,11 +207,18 @@ async def test_a_standby_that_falls_off_a_bounded_stream_rebootstraps(
 
 
 def test_the_retention_warning_fires_near_the_start_of_a_bounded_stream() -> None:
-    bounds = StreamBounds(first_seq=1001, last_seq=2000, messages=1000, limited=True)
-    assert bounds.headroom(1999) == 999 and bounds.headroom(1000) == 0
-    fraction = SnapshotSettings().retention_warn_fraction
-    assert bounds.headroom(1150) < fraction * bounds.messages  # warn: 150 of 1000 left
-    assert not bounds.headroom(1500) < fraction * bounds.messages
+    watch = RetentionWatch(SnapshotSettings().retention_warn_fraction)  # 0.2
+    assert not watch.check(1150)  # bounds not known yet
+    watch.bounds = StreamBounds(first_seq=1001, last_seq=2000, messages=1000, limited=True)
+    assert watch.headroom(1999) == 999 and watch.headroom(1000) == 0
+    with watch_logs() as logs:
+        assert not watch.check(1500)  # 500 of 1000 messages to spare
+        assert watch.check(1150) and watch.check(1100)  # 150, then 100: warned once
+        assert not watch.check(None)  # no longer a following standby
+    assert len(logs.seen("RETENTION: this standby needs stream seq 1151")) == 1
+    assert len(logs.seen("RETENTION")) == 1 and logs.seen("retention headroom recovered")
+    watch.bounds = StreamBounds(first_seq=1001, last_seq=2000, messages=1000, limited=False)
+    assert not watch.check(1001)  # an unbounded stream drops nothing
 
 
 async def test_nondeterminism_is_caught_within_one_checkpoint_interval(

@@ -39,6 +39,45 @@ class StreamBounds:
         return cursor + 1 - max(self.first_seq, 1)
 
 
+class RetentionWatch:
+    """Warns when a standby nears the start of a bounded stream: when the messages the stream
+    may still drop before one the standby needs are under ``fraction`` of the stream. Logs
+    once per episode; :attr:`warning` says whether one is on now."""
+
+    def __init__(self, fraction: float) -> None:
+        self.fraction = fraction
+        self.bounds: StreamBounds | None = None
+        self.warning = False
+
+    def headroom(self, cursor: int | None) -> int | None:
+        """``None`` when not known, or ``cursor`` is ``None`` (not a standby following)."""
+        if self.bounds is None or cursor is None:
+            return None
+        return self.bounds.headroom(cursor)
+
+    def check(self, cursor: int | None) -> bool:
+        headroom, bounds = self.headroom(cursor), self.bounds
+        warn = (
+            headroom is not None
+            and bounds is not None
+            and bounds.limited
+            and headroom < self.fraction * bounds.messages
+        )
+        if warn and not self.warning and bounds is not None and cursor is not None:
+            logger.warning(
+                "RETENTION: this standby needs stream seq %d, only %s messages after the "
+                "stream's first seq %d; if the stream's limits drop them first, it must "
+                "re-bootstrap from a snapshot (or halt)",
+                cursor + 1,
+                headroom,
+                bounds.first_seq,
+            )
+        elif not warn and self.warning:
+            logger.info("retention headroom recovered: %s messages", headroom)
+        self.warning = warn
+        return warn
+
+
 async def stream_bounds(nc: NatsClient, settings: JournalSettings) -> StreamBounds:
     """Raises :class:`~jetstandby.errors.JournalUnavailable` if JetStream does not answer."""
     info = await stream_info(nc, settings.stream, settings.request_timeout)

@@ -18,7 +18,7 @@ from typing import Any, Final
 import msgspec
 
 from jetstandby import wire
-from jetstandby.bootstrap import Snapshotter, Start, StreamBounds, find_start, stream_bounds
+from jetstandby.bootstrap import RetentionWatch, Snapshotter, Start, find_start, stream_bounds
 from jetstandby.config import NodeSettings
 from jetstandby.engine import Engine
 from jetstandby.errors import (
@@ -87,8 +87,7 @@ class Node:
         self._skipped: list[SkipResult] = []
         self._snapshotter: Snapshotter | None = None
         self._start: Start | None = None
-        self._bounds: StreamBounds | None = None
-        self._retention_warned = False
+        self._retention = RetentionWatch(settings.snapshots.retention_warn_fraction)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -576,7 +575,7 @@ class Node:
 
     def _replica_status(self) -> dict[str, Any]:
         """Snapshots, checkpoints, the version gate and retention."""
-        snapshotter, bounds = self._snapshotter, self._bounds
+        snapshotter, bounds = self._snapshotter, self._retention.bounds
         return {
             "accepts": {t: sorted(v) for t, v in self.state.engine.accepts.items()},
             "writer_engine_version": self.state.writer_engine_version,
@@ -584,8 +583,8 @@ class Node:
             "diverged": isinstance(self.progress.error, DivergenceError),
             "started_from": self._start.source if self._start else None,
             "stream_first_seq": bounds.first_seq if bounds else None,
-            "retention_headroom": self._retention_headroom(),
-            "retention_warning": self._retention_warned,
+            "retention_headroom": self._retention.headroom(self._following()),
+            "retention_warning": self._retention.warning,
             "snapshots_taken": snapshotter.taken if snapshotter else 0,
             "last_snapshot_seq": snapshotter.last.seq if snapshotter and snapshotter.last else None,
             "last_snapshot_error": snapshotter.last_error if snapshotter else None,
@@ -614,10 +613,10 @@ class Node:
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             try:
-                self._bounds = await stream_bounds(self._nc, self.settings.journal)
+                self._retention.bounds = await stream_bounds(self._nc, self.settings.journal)
             except JetstandbyError as exc:
                 logger.debug("stream bounds unavailable: %s", exc)
-            self._check_retention()
+            self._retention.check(self._following())
             if self._snapshot_due():
                 assert self._snapshotter is not None
                 try:
@@ -634,31 +633,11 @@ class Node:
             and self._snapshotter.due(self.state.last_seq)
         )
 
-    def _retention_headroom(self) -> int | None:
-        if self._bounds is None or self.role is not Role.STANDBY or self._start is None:
+    def _following(self) -> int | None:
+        """The replay cursor of a standby following the stream; ``None`` otherwise."""
+        if self.role is not Role.STANDBY or self._start is None:
             return None
-        return self._bounds.headroom(self.progress.replay_cursor_seq or 0)
-
-    def _check_retention(self) -> None:
-        headroom, bounds = self._retention_headroom(), self._bounds
-        warn = (
-            headroom is not None
-            and bounds is not None
-            and bounds.limited
-            and headroom < self.settings.snapshots.retention_warn_fraction * bounds.messages
-        )
-        if warn and not self._retention_warned:
-            logger.warning(
-                "RETENTION: this standby needs stream seq %d, only %s messages after the "
-                "stream's first seq %d; if the stream's limits drop them first, it must "
-                "re-bootstrap from a snapshot (or halt)",
-                (self.progress.replay_cursor_seq or 0) + 1,
-                headroom,
-                bounds.first_seq if bounds else 0,
-            )
-        elif not warn and self._retention_warned:
-            logger.info("retention headroom recovered: %s messages", headroom)
-        self._retention_warned = warn
+        return self.progress.replay_cursor_seq or 0
 
     async def _oldest_unapplied_age_ms(self) -> float:
         if self.role is not Role.STANDBY or not self.progress.stream_lag:
