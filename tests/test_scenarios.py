@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from jetstandby.history import HistoryWriter
+from jetstandby.server import NatsServer
 from jetstandby_bench.faults import SCENARIOS
-from jetstandby_bench.faults_common import ScenarioResult
+from jetstandby_bench.faults_common import Nodes, ScenarioResult, Workload, verify
 
 # A scenario runs for minutes; the default per-test timeout is for unit tests.
 SCENARIO_TIMEOUT = 1800
@@ -103,3 +105,25 @@ async def test_bad_operator_input_is_refused_clearly(cycles: int | None, tmp_pat
     result = await run("bad_input", cycles, tmp_path)
     assert not result.problems, result.explain()
     assert result.facts["promote with malformed JSON"].startswith("HTTP 400")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SCENARIO_TIMEOUT)
+async def test_checker_flags_a_standby_process_that_skips_every_1000th_command(
+    tmp_path: Path,
+) -> None:
+    """The suite's self-test, end to end: the same verify() every scenario ends with must
+    catch a replica that silently drops commands, and name it."""
+    history_path = tmp_path / "history.jsonl"
+    async with NatsServer() as server, Nodes(tmp_path, server.url) as nodes:
+        await nodes.start("primary")
+        broken = await nodes.start(engine="jetstandby_bench.faults_engine:SkippingKeyValue")
+        healthy = await nodes.start()
+        with HistoryWriter(history_path) as history:
+            async with Workload(server.url, history) as load:
+                await load.until(2500)
+        check, _ = await verify(server.url, history_path, nodes.live())
+    assert not check.valid
+    assert not (check.lost or check.duplicated or check.unexpected)  # the journal is fine
+    assert {d.node for d in check.digest_disagreements} == {broken.node_id}
+    assert healthy.node_id not in {d.node for d in check.digest_disagreements}

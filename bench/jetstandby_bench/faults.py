@@ -9,6 +9,7 @@ cut of its link) to the first acknowledgement by the new primary.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -74,6 +75,8 @@ async def run(bench: FaultsBench) -> dict[str, Any]:
     if unknown:
         raise ConfigError("--only", f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
     names = list(bench.only) or list(SCENARIOS)
+    # The in-process clients' reconnect warnings are the faults doing their job, not news.
+    logging.getLogger("jetstandby.journal.stream").setLevel(logging.ERROR)
     console = Console(stderr=True)
     results: dict[str, ScenarioResult] = {}
     seconds: dict[str, float] = {}
@@ -120,7 +123,8 @@ def print_table(
         "valid",
         "took s",
     ):
-        table.add_column(column, justify="left" if column == "scenario" else "right")
+        left = column == "scenario"
+        table.add_column(column, justify="left" if left else "right", no_wrap=left)
     for name, f in figures.items():
         table.add_row(
             name,

@@ -25,3 +25,18 @@ class SlowKeyValue(KeyValueEngine):
         if self.delay:
             time.sleep(self.delay)
         return super().apply(command)
+
+
+class SkippingKeyValue(KeyValueEngine):
+    """A deliberately broken replica: it acknowledges every 1000th command it is given
+    without applying it. The checker must flag its digest (the suite's self-test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def apply(self, command: Command) -> bytes:
+        self.seen += 1
+        if self.seen % 1000 == 0:
+            return b"\x81\xa2ok\xc3"  # {"ok": true}, and nothing done
+        return super().apply(command)
