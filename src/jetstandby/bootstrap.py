@@ -174,20 +174,20 @@ class Snapshotter:
         async with self._lock:
             state, stream_seq = position()
             started = time.monotonic()
-            data, meta = capture(
-                state,
-                settings=self._journal,
-                seq=state.last_seq,
-                stream_seq=stream_seq,
-                epoch=state.epoch,
-                node_id=self._node_id,
-                stream_created=self.stream_created,
-            )
-            captured = time.monotonic()
             try:
+                data, meta = capture(
+                    state,
+                    settings=self._journal,
+                    seq=state.last_seq,
+                    stream_seq=stream_seq,
+                    epoch=state.epoch,
+                    node_id=self._node_id,
+                    stream_created=self.stream_created,
+                )
+                captured = time.monotonic()
                 stored = await self.store.put(data, meta)
             except Exception as exc:
-                self.last_error = f"snapshot at seq {meta.seq} not stored: {exc}"
+                self.last_error = f"snapshot at seq {state.last_seq} failed: {exc!r}"
                 raise
             self._since = (meta.seq, time.monotonic())
             self.taken += 1

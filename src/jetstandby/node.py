@@ -623,6 +623,8 @@ class Node:
                     await self._snapshotter.take(self._snapshot_position)
                 except JetstandbyError as exc:  # kept in status and metrics; tried again later
                     logger.warning("periodic snapshot failed: %s", exc)
+                except Exception:  # the engine's snapshot() raised: a bug, but not a halt
+                    logger.exception("periodic snapshot failed; the engine raised")
 
     def _snapshot_due(self) -> bool:
         return (
