@@ -26,6 +26,9 @@ def test_bootstrap_reports_every_figure() -> None:
         assert isinstance(result[key], int | float) and result[key] > 0, key
     assert (result["count"], result["tail"]) == (COUNT, TAIL)
     assert len(result["runs"]) == 1
+    assert (
+        result["full_replay_resubscribes"] >= 0 and result["snapshot_bootstrap_resubscribes"] >= 0
+    )
     # The parts add up, and every figure is a plausible duration for 5,500 commands.
     rounding = 2e-4  # each figure is rounded to 4 decimals
     parts = result["adopt_s"] + result["tail_replay_s"]

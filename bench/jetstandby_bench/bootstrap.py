@@ -23,6 +23,9 @@ cursor reaches the stream's last seq (``progress.wait_for``, never a sleep).
    halves timed alone: ``fetch_s`` (``SnapshotStore.get``) and ``restore_only_s``
    (``restore_verified``: restore and digest).
 
+``*_resubscribes``: how often a standby's feed had to re-subscribe (a delivery gap, a lost
+connection) before it caught up; each costs ``resubscribe_delay`` and a redelivery.
+
 Checked in every run: the first standby started from command 1, the second from the
 snapshot, replaying exactly ``tail`` commands, and both end in the same state digest.
 """
@@ -70,20 +73,24 @@ TIMEOUT_PER_1000: Final = 1.0
 
 #: The figures of one run, in seconds unless named otherwise; the table lists them in order.
 FIGURES: Final = (
-    ("full_replay_s", "full replay: start → caught up (marker + count)"),
-    ("snapshot_bootstrap_s", "snapshot bootstrap: start → caught up (+ tail)"),
-    ("adopt_s", "  of which start → snapshot restored and adopted"),
-    ("tail_replay_s", "  of which tail replay"),
+    ("full_replay_s", "full replay: start → caught up"),
+    ("snapshot_bootstrap_s", "snapshot bootstrap: start → caught up"),
+    ("adopt_s", "  start → snapshot adopted"),
+    ("tail_replay_s", "  tail replay"),
     ("take_s", "take_snapshot()"),
-    ("capture_s", "  of which capture (timed again alone)"),
-    ("store_s", "  of which store (take - capture)"),
-    ("restore_s", "restore: choose() alone (list, fetch, verify, restore)"),
-    ("fetch_s", "  fetch: SnapshotStore.get() alone"),
-    ("restore_only_s", "  restore_verified() alone (restore, digest)"),
+    ("capture_s", "  capture (timed again alone)"),
+    ("store_s", "  store (take - capture)"),
+    ("restore_s", "restore: choose() alone"),
+    ("fetch_s", "  SnapshotStore.get() alone"),
+    ("restore_only_s", "  restore_verified() alone"),
     ("snapshot_bytes", "snapshot size, bytes"),
     ("full_replay_per_s", "full replay, commands/s"),
+    ("full_replay_resubscribes", "full replay: feed re-subscribes"),
+    ("snapshot_bootstrap_resubscribes", "snapshot bootstrap: feed re-subscribes"),
     ("write_per_s", "journal pre-write, commands/s"),
 )
+#: Figures that are counts, not seconds.
+_COUNTS: Final = ("_bytes", "_per_s", "_resubscribes")
 
 
 @dataclass(frozen=True)
@@ -254,6 +261,7 @@ async def phases(
         started = time.perf_counter()
         a.start()
         full_replay_s = await a.reach(end) - started
+        full_resubscribes = a.node.progress.resubscribes
         if a.node.status().started_from != "command 1" or a.node.state.last_seq != end:
             raise AssertionError(f"the full replay started from {a.node.status().started_from}")
         meta, taken = await take(a, journal)
@@ -266,6 +274,7 @@ async def phases(
         adopt_s = await b.reach(meta.stream_seq) - started
         snapshot_bootstrap_s = await b.reach(tail_end) - started
         status = b.node.status()
+        snapshot_resubscribes = b.node.progress.resubscribes
         if status.started_from != f"snapshot {meta.name}":
             raise AssertionError(f"the second standby started from {status.started_from}")
         if status.commands_replayed != bench.tail or b.node.digest() != full_digest:
@@ -281,6 +290,8 @@ async def phases(
         **taken,
         **await time_restore(nc, journal, meta),
         "full_replay_per_s": end / full_replay_s,
+        "full_replay_resubscribes": full_resubscribes,
+        "snapshot_bootstrap_resubscribes": snapshot_resubscribes,
     }
 
 
@@ -320,7 +331,7 @@ async def run(bench: BootstrapBench) -> dict[str, Any]:
 
 
 def _rounded(key: str, value: float) -> float | int:
-    return round(value) if key.endswith(("_bytes", "_per_s")) else round(value, 4)
+    return round(value) if key.endswith(_COUNTS) else round(value, 4)
 
 
 def report(bench: BootstrapBench, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -362,6 +373,6 @@ def report(bench: BootstrapBench, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _shown(key: str, value: float) -> str:
-    if key.endswith(("_bytes", "_per_s")):
+    if key.endswith(_COUNTS):
         return f"{value:,.0f}"
     return f"{value:.3f} s"
