@@ -186,11 +186,16 @@ def bottleneck(result: dict[str, Any]) -> str:
         f"{row['function']} {row['own_share']:.0%}" for row in result["profile"]["top_own"][:4]
     )
     cores = result["machine"]["cores"]
+    per_ack = result["single"]["cpu_us_per_ack"]
+    split = ", ".join(f"{name} {us:.0f}" for name, us in per_ack.items() if name != "all")
+    bound = cores / per_ack["all"] * 1e6 if per_ack.get("all") else 0.0
     return (
         f"CPU at the maximum: this run's processes used {total:.2f} of {cores} cores (the "
         f"machine {machine:.2f}, other processes {others:.2f}); the busiest is the {busiest} "
         f"({cpu[busiest]:.2f} of a core). The primary's own time (cProfile): "
-        f"{top_area}; top functions: {top_fn}."
+        f"{top_area}; top functions: {top_fn}. Each acknowledged command cost "
+        f"{per_ack.get('all', 0):.0f} µs of CPU over this run's processes ({split}): with "
+        f"all {cores} cores to itself this setup could not pass ~{bound:,.0f}/s."
     )
 
 

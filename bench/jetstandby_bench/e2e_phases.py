@@ -144,8 +144,13 @@ async def max_throughput(
     window = rows[(rows[:, 2] >= start) & (rows[:, 2] < start + int(duration * 1e9))]
     seconds = per_second(window[:, 2], start, int(duration))
     latency = (window[:, 2] - window[:, 1]) / 1e6
+    rate = len(window) / duration
+    ours = {name: cores for name, cores in cpu.items() if name not in ("machine", "others")}
+    per_ack = {name: round(cores / rate * 1e6, 1) for name, cores in ours.items()} if rate else {}
+    per_ack["all"] = round(sum(per_ack.values()), 1)
     return {
-        "max_throughput": round(len(window) / duration, 1),
+        "max_throughput": round(rate, 1),
+        "cpu_us_per_ack": per_ack,
         "per_second": seconds,
         "latency_ms_p50_p99": pct(latency, (50, 99)),
         "failed": sum(load.summary["failed"] for load in procs),
@@ -367,11 +372,19 @@ async def kill_and_promote(primary: NodeProcess, standby: NodeProcess) -> dict[s
     }
 
 
+def _fresh_ack_ms(after: Any, event: dict[str, Any]) -> float | None:
+    fresh = after[after[:, 1] >= event["answered_ns"]]
+    if not len(fresh):
+        return None
+    return round((int(fresh[:, 2].min()) - int(event["answered_ns"])) / 1e6, 3)
+
+
 def summarize_failovers(events: list[dict[str, Any]], rows: Any, failed: int) -> dict[str, Any]:
     out = []
     for event in events:
         after = rows[rows[:, 0] > event["marker_seq"]]
         first_ns = int(after[:, 2].min()) if len(after) else 0
+        first_sent = int(after[after[:, 2].argmin(), 1]) if len(after) else 0
         total = (first_ns - event["killed_ns"]) / 1e6 if first_ns else None
         detection = (event["asked_ns"] - event["killed_ns"]) / 1e6
         out.append({
@@ -381,6 +394,11 @@ def summarize_failovers(events: list[dict[str, Any]], rows: Any, failed: int) ->
             "first_ack_ms": None if total is None
             else round(total - detection - event["promote_ms"], 3),
             "promote_http_ms": round((event["answered_ns"] - event["asked_ns"]) / 1e6, 3),
+            # was the first command acknowledged a retry from the outage, and how soon was a
+            # command first sent after the promotion answered acknowledged?
+            "first_ack_sent_ms": round((first_sent - event["killed_ns"]) / 1e6, 3)
+            if first_sent else None,
+            "fresh_ack_ms": _fresh_ack_ms(after, event),
         })  # fmt: skip
 
     def p50_p99(key: str) -> dict[str, float]:

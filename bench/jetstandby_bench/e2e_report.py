@@ -33,7 +33,10 @@ def show(full: dict[str, Any], *, as_json: bool) -> None:
             _out.print(table)
     if "memory" in full:
         _out.print(memory_table(full["memory"]))
-    _out.print(f"CPU at the maximum (cores): {full['single']['cpu_cores']}")
+    for key in ("single", "cluster"):
+        if key in full:
+            _out.print(f"{key}: CPU at the maximum (cores): {full[key]['cpu_cores']}")
+            _out.print(f"{key}: CPU µs per acknowledged command: {full[key]['cpu_us_per_ack']}")
     if "profile" in full:
         _out.print(profile_table(full["profile"]))
     if "bottleneck" in full:
