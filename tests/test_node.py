@@ -245,3 +245,35 @@ async def test_an_idle_deposed_primary_fences_itself_without_appending(
     assert await asyncio.wait_for(a.task, 10) is Role.FENCED
     assert a.node.deposed and not a.node.status().ready
     assert "deposed by a newer epoch" in a.node.status().transitions[-1].reason
+
+
+async def test_two_standbys_promoted_at_once_one_wins_the_other_is_refused(
+    start: object, nats_server: NatsServer
+) -> None:
+    a = await start("a", primary=True)  # type: ignore[operator]
+    b = await start("b")  # type: ignore[operator]
+    c = await start("c")  # type: ignore[operator]
+    async with await Client.connect(nats_server.url, "kv") as client:
+        for i in range(20):
+            await client.submit("Put", 1, put("k", str(i)))
+    await asyncio.gather(
+        *(n.node.progress.wait_for(lambda p: p.replay_cursor_seq == 21, 10) for n in (b, c))
+    )
+    await a.stop()
+    answers = await asyncio.gather(
+        b.node.promote(timeout=10), c.node.promote(timeout=10), return_exceptions=True
+    )
+    won = [
+        n for n, answer in zip((b, c), answers, strict=True) if not isinstance(answer, Exception)
+    ]
+    lost = [answer for answer in answers if isinstance(answer, Exception)]
+    assert len(won) == 1 and len(lost) == 1, answers
+    winner = won[0].node
+    assert isinstance(lost[0], PromotionRefused)
+    assert f"node {winner.settings.node_id} took epoch 2" in lost[0].reason
+    loser = c.node if winner is b.node else b.node
+    assert winner.role is Role.PRIMARY and loser.role is Role.STANDBY
+    async with await Client.connect(nats_server.url, "kv") as client:
+        out = await client.submit("Put", 1, put("k", "after"))
+    await loser.progress.wait_for(lambda p: p.last_replayed_seq == out.seq, timeout=10)
+    assert loser.state.epoch == 2 and loser.digest() == winner.digest()

@@ -35,7 +35,7 @@ from jetstandby.errors import (
 )
 from jetstandby.journal import CommandJournal, JetStreamFeed, Position
 from jetstandby.journal.marker import append_fenced
-from jetstandby.journal.stream import NatsClient, message_at
+from jetstandby.journal.stream import NatsClient, last_message, message_at
 from jetstandby.primary import PrimaryService
 from jetstandby.replay import ReplayProgress, promote_channel, run_replay_loop
 from jetstandby.snapshots import SnapshotMeta, SnapshotStore
@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 TICK: Final = 0.25
 HOUSEKEEPING_INTERVAL: Final = 1.0
+AS_PRIMARY: Final = "started as primary"
 RATE_SMOOTHING: Final = 0.3
 
 
@@ -73,6 +74,9 @@ class Node:
         self._promotion: asyncio.Future[PromoteResult] | None = None
         self._promotion_started = 0.0
         self._promotion_forced = False
+        #: The journal's last command seq when promotion was asked: an epoch marker after it
+        #: means another node won this promotion.
+        self._promotion_floor: int | None = None
         self._primary: PrimaryService | None = None
         self._finished = asyncio.Event()
         self._promote_lock = asyncio.Lock()
@@ -111,7 +115,7 @@ class Node:
             )
         self._transition(Role.STANDBY, "started")
         if as_primary:
-            self._begin_promotion(forced=False, reason="started as primary")
+            self._begin_promotion(forced=False, reason=AS_PRIMARY)
         self._started.set()
         loop = asyncio.get_running_loop()
         helpers = [loop.create_task(self._tick()), loop.create_task(self._housekeeping())]
@@ -241,9 +245,20 @@ class Node:
         )
 
     async def _take_over(self) -> PromoteResult:
+        """Drain, then append the epoch marker. Commands another writer (the old primary,
+        still alive) appended meanwhile are replayed and the marker tried again; a newer
+        epoch marker means another node won this promotion, and this one refuses."""
         journal_settings = self.settings.journal
+        if self._promotion_floor is None:  # started as primary: no request read the tail
+            self._promotion_floor = await self._journal_tail_seq()
         for attempt in range(1, self.settings.promote_attempts + 1):
             await self._drain_to_tail()
+            if self.state.epoch_seq > self._promotion_floor:
+                raise PromotionRefused(
+                    f"node {self.state.epoch_node} took epoch {self.state.epoch} (its marker is "
+                    f"command seq {self.state.epoch_seq}) after this promotion was asked: it "
+                    "is the primary now"
+                )
             after = self._position()
             epoch, seq = self.state.epoch + 1, self.state.last_seq + 1
             self._check_writer_version(self._promotion_forced)  # the tail's, after draining
@@ -291,6 +306,15 @@ class Node:
         raise PromotionRefused(
             f"another writer kept appending: {self.settings.promote_attempts} epoch markers refused"
         )
+
+    async def _journal_tail_seq(self) -> int:
+        """The command seq of the journal's last message now (0 when empty)."""
+        message = await last_message(self._nc, self.settings.journal)
+        parsed = wire.parse_msg_id(message.msg_id or "") if message else None
+        if message is not None and parsed is None:
+            # Not one of ours (a foreign write): fall back to reading its envelope.
+            return wire.decode(message.data, stream_seq=message.stream_seq).seq
+        return parsed[1] if parsed else 0
 
     async def _drain_to_tail(self) -> None:
         """Apply everything the stream holds now, then stop (replay is not running here)."""
@@ -350,6 +374,7 @@ class Node:
         async with self._promote_lock:  # concurrent requests join one promotion
             if self._promotion is None:
                 await self._check_promotable(force)
+                self._promotion_floor = await self._journal_tail_seq()
                 if force:
                     logger.warning("FORCED promotion of %s: %s", self.settings.node_id, reason)
                 self._begin_promotion(forced=force, reason=reason or "admin request")
@@ -405,6 +430,8 @@ class Node:
 
     def _begin_promotion(self, *, forced: bool, reason: str) -> None:
         self._promotion = asyncio.get_running_loop().create_future()
+        if reason == AS_PRIMARY:
+            self._promotion_floor = None
         self._promotion_started = time.monotonic()
         self._promotion_forced = forced
         logger.info("promotion requested: %s", reason)
