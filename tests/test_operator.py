@@ -15,6 +15,7 @@ from jetstandby.journal.stream import NatsClient, close_quietly
 from jetstandby.node import Node
 from jetstandby.server import NatsServer
 from jetstandby.state import marker_envelope
+from jetstandby_bench.prewrite import publish_commands, write_marker
 from tests.support import watch_logs
 
 JOURNAL = JournalSettings(journal="ops")
@@ -125,3 +126,20 @@ async def test_an_oversized_envelope_halts_naming_its_seq(
     await node.progress.wait_for(lambda p: p.halted, timeout=10)
     assert "command seq 3 (stream seq 3): oversized envelope" in (node.status().last_error or "")
     assert node.state.last_seq == 2
+
+
+async def test_a_long_catch_up_never_overflows_the_delivery_queue(
+    nc: NatsClient, standby: Callable[[], asyncio.Future[Node]]
+) -> None:
+    # nats-server sends a push consumer up to 64 MB before flow control holds it: far more
+    # small commands than the old 65,536-message queue, which then dropped messages, and the
+    # server cut the standby off as a slow consumer.
+    count = 150_000
+    await write_marker(nc, JOURNAL)
+    commands = [("Put", 1, put("k", "v"))] * count
+    await publish_commands(nc, JOURNAL, commands, first_seq=2)
+    with watch_logs() as logs:
+        node = await standby()
+        await node.progress.wait_for(lambda p: p.replay_cursor_seq == count + 1, timeout=60)
+    assert node.progress.resubscribes == 0
+    assert not logs.seen("slow consumer") and not logs.seen("NATS stream ended")

@@ -117,6 +117,9 @@ class ReplaySettings:
     ``resubscribe_delay`` is the pause before re-subscribing after the feed ends or stalls
     (seed: 1 s); ``resubscribe_failure_delay`` the pause after a failed re-subscribe (seed: 5 s).
     ``idle_heartbeat``: the server sends one when idle; two missed ones mean a stalled feed.
+    ``pending_msgs_limit``/``pending_bytes_limit``: the delivery queue. It must hold what
+    nats-server sends a push consumer before flow control stops it (a window of up to 64 MB),
+    or a catching-up standby drops messages and the server cuts it off as a slow consumer.
     """
 
     catch_up_interval: float = 0.25
@@ -124,7 +127,8 @@ class ReplaySettings:
     resubscribe_delay: float = 1.0
     resubscribe_failure_delay: float = 5.0
     idle_heartbeat: float = 0.5
-    pending_msgs_limit: int = 65536
+    pending_msgs_limit: int = 1 << 20
+    pending_bytes_limit: int = 128 << 20
     request_timeout: float = 2.0
 
     def __post_init__(self) -> None:

@@ -120,7 +120,7 @@ class FeedSubscription:
                 config.deliver_subject,
                 cb=self._on_msg,
                 pending_msgs_limit=replay.pending_msgs_limit,
-                pending_bytes_limit=0,
+                pending_bytes_limit=replay.pending_bytes_limit,
             )
             info = await self._nc.jsm(timeout=replay.request_timeout).add_consumer(
                 settings.stream, config

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -27,6 +28,8 @@ from jetstandby.errors import JournalUnavailable, StreamMismatch
 from jetstandby.wire import HDR_MSG_ID
 
 logger = logging.getLogger(__name__)
+
+SLOW_CONSUMER_LOG_INTERVAL: Final = 5.0
 
 __all__ = [
     "NatsClient",
@@ -77,6 +80,30 @@ class _Client(NatsClient):
         return out
 
 
+class _SlowConsumerLog:
+    """One warning per subscription and interval for nats-py's per-message drop reports: a
+    catching-up standby that overflows would otherwise log (and stall on) every drop."""
+
+    def __init__(self) -> None:
+        self._counts: dict[int, int] = {}
+        self._logged_at: dict[int, float] = {}
+
+    def dropped(self, exc: nats.errors.SlowConsumerError) -> None:
+        sid = exc.sid
+        self._counts[sid] = self._counts.get(sid, 0) + 1
+        now = time.monotonic()
+        last = self._logged_at.get(sid)
+        if last is None or now - last >= SLOW_CONSUMER_LOG_INTERVAL:
+            self._logged_at[sid] = now
+            logger.warning(
+                "NATS slow consumer on %s (sid %d): %d messages dropped so far; the "
+                "subscription's pending limits are too small for what the server sends",
+                exc.subject,
+                sid,
+                self._counts[sid],
+            )
+
+
 async def connect(
     servers: str | list[str], *, name: str = "jetstandby", first_connect_within: float = 5.0
 ) -> NatsClient:
@@ -85,8 +112,13 @@ async def connect(
     Raises :class:`JournalUnavailable` if no server answers within ``first_connect_within``.
     """
 
+    slow = _SlowConsumerLog()
+
     async def on_error(exc: Exception) -> None:
-        logger.warning("NATS connection error: %s", exc)
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            slow.dropped(exc)  # nats-py reports every dropped message: summarise them
+        else:
+            logger.warning("NATS connection error: %s", exc)
 
     async def on_disconnected() -> None:
         if not nc.is_closed:
