@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -202,9 +203,14 @@ def bottleneck(result: dict[str, Any]) -> str:
 async def run(bench: E2EBench) -> dict[str, Any]:
     from jetstandby_bench import e2e_report
 
-    with tempfile.TemporaryDirectory(prefix="jsb-e2e-") as tmp:
-        say = e2e_report.say_stderr if bench.as_json else e2e_report.say
-        result = await run_phases(bench, Path(tmp), say)
+    say = e2e_report.say_stderr if bench.as_json else e2e_report.say
+    workdir = Path(tempfile.mkdtemp(prefix="jsb-e2e-"))
+    try:
+        result = await run_phases(bench, workdir, say)
+    except BaseException:
+        e2e_report.say_stderr(f"failed: the node and load logs are kept in {workdir}")
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
     top = headline(result)
     full = {**top, **result, "settings": _settings(bench)}
     if bench.report_dir is not None:
