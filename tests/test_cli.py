@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from jetstandby.cli import EXIT_UNAVAILABLE, EXIT_USAGE, main
+from jetstandby.cli import EXIT_USAGE, main
 from jetstandby.demo import DemoSettings, run_demo
 
 
@@ -36,10 +36,25 @@ def test_bad_flags_exit_2_naming_the_flag(
     assert needle in capsys.readouterr().err
 
 
-def test_unreachable_nats_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["submit", "Put", "{}", "--nats", "nats://127.0.0.1:1"])
-    assert code == EXIT_UNAVAILABLE
-    assert "no NATS server answered at nats://127.0.0.1:1" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["submit", "Put", "{}"],
+        ["snapshot", "list"],
+        ["run", "--admin", "127.0.0.1:0"],
+    ],
+)
+def test_a_nats_url_nothing_answers_at_exits_2_naming_the_flag(
+    argv: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("t0ken")
+    if argv[0] == "run":
+        argv = [*argv, "--token-file", str(token)]
+    code = main([*argv, "--nats", "nats://127.0.0.1:1"])
+    assert code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "configuration error: --nats:" in err and "nats://127.0.0.1:1" in err
 
 
 def test_module_entry_point_reports_its_version() -> None:

@@ -165,10 +165,12 @@ async def _double_promotion(
     facts[f"{label}_promote_answers"] = [
         (code, body.get("epoch") if code == 200 else body.get("reason")) for code, body in answers
     ]
-    if not any(code == 200 for code, _ in answers):
-        problems.append(f"{label}: neither standby was promoted: {answers}")
-    # A promotion whose marker loses the race replays the winner's and tries again, so both
-    # may succeed in turn; the earlier is then deposed at once. Whoever is left serves alone.
+    codes = sorted(code for code, _ in answers)
+    if codes != [200, 409]:
+        problems.append(f"{label}: not one 200 and one 409: {answers}")
+    refused = [body.get("reason", "") for code, body in answers if code == 409]
+    if refused and "took epoch" not in refused[0]:
+        problems.append(f"{label}: the refusal does not name the winner: {refused[0]!r}")
     await load.more(LOAD_BETWEEN_FAULTS)
     statuses = {node.node_id: await role_or_exit(node) for node in (first, second)}
     serving = [n for n in (first, second) if statuses.get(n.node_id) == "primary"]

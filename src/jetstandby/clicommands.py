@@ -53,7 +53,8 @@ async def run(args: argparse.Namespace, console: Console) -> int:
         print(line, flush=True)
 
     try:
-        role, deposed = await run_node(config, on_ready=ready)
+        async with cli.nats_flag(config.nats):  # a --nats nothing answers at: exit 2
+            role, deposed = await run_node(config, on_ready=ready)
     except asyncio.CancelledError:
         return cli.EXIT_OK
     if role is Role.FENCED:
@@ -154,10 +155,9 @@ async def submit(args: argparse.Namespace, console: Console) -> int:
     except ValueError as exc:
         raise ConfigError("JSON", f"not valid JSON: {exc}") from exc
     # The whole command is bounded too: connecting and closing must not hang a shell.
-    async with (
-        asyncio.timeout(args.deadline + 15),
-        await Client.connect(args.nats, args.journal) as client,
-    ):
+    async with cli.nats_flag(args.nats):
+        client = await Client.connect(args.nats, args.journal)
+    async with asyncio.timeout(args.deadline + 15), client:
         try:
             out = await client.submit(
                 args.command_type,

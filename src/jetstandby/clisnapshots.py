@@ -38,7 +38,8 @@ async def take(args: argparse.Namespace, console: Console) -> int:
 @contextlib.asynccontextmanager
 async def _store(args: argparse.Namespace) -> AsyncIterator[tuple[SnapshotStore, StreamBounds]]:
     settings = JournalSettings(journal=args.journal)
-    nc = await connect(args.nats, name="jetstandby-snapshot-cli")
+    async with cli.nats_flag(args.nats):
+        nc = await connect(args.nats, name="jetstandby-snapshot-cli")
     try:
         bounds = await stream_bounds(nc, settings)
         async with await SnapshotStore.open(nc, settings) as store:

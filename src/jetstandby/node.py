@@ -35,7 +35,7 @@ from jetstandby.errors import (
 )
 from jetstandby.journal import CommandJournal, JetStreamFeed, Position
 from jetstandby.journal.marker import append_fenced
-from jetstandby.journal.stream import NatsClient, last_message, message_at
+from jetstandby.journal.stream import NatsClient, message_at
 from jetstandby.primary import PrimaryService
 from jetstandby.replay import ReplayProgress, promote_channel, run_replay_loop
 from jetstandby.snapshots import SnapshotMeta, SnapshotStore
@@ -74,8 +74,8 @@ class Node:
         self._promotion: asyncio.Future[PromoteResult] | None = None
         self._promotion_started = 0.0
         self._promotion_forced = False
-        #: The journal's last command seq when promotion was asked: an epoch marker after it
-        #: means another node won this promotion.
+        #: The stream's tail as this node knew it when promotion was asked: an epoch marker
+        #: after it means another node won this promotion.
         self._promotion_floor: int | None = None
         self._primary: PrimaryService | None = None
         self._finished = asyncio.Event()
@@ -249,15 +249,15 @@ class Node:
         still alive) appended meanwhile are replayed and the marker tried again; a newer
         epoch marker means another node won this promotion, and this one refuses."""
         journal_settings = self.settings.journal
-        if self._promotion_floor is None:  # started as primary: no request read the tail
-            self._promotion_floor = await self._journal_tail_seq()
+        if self._promotion_floor is None:  # started as primary: no request saw the tail
+            self._promotion_floor = await self._feed.last_stream_seq()
         for attempt in range(1, self.settings.promote_attempts + 1):
             await self._drain_to_tail()
-            if self.state.epoch_seq > self._promotion_floor:
+            if self.progress.epoch_stream_seq > self._promotion_floor:
                 raise PromotionRefused(
                     f"node {self.state.epoch_node} took epoch {self.state.epoch} (its marker is "
-                    f"command seq {self.state.epoch_seq}) after this promotion was asked: it "
-                    "is the primary now"
+                    f"stream seq {self.progress.epoch_stream_seq}, after the tail this node "
+                    f"knew, {self._promotion_floor}, when asked): that node is the primary now"
                 )
             after = self._position()
             epoch, seq = self.state.epoch + 1, self.state.last_seq + 1
@@ -307,15 +307,6 @@ class Node:
             f"another writer kept appending: {self.settings.promote_attempts} epoch markers refused"
         )
 
-    async def _journal_tail_seq(self) -> int:
-        """The command seq of the journal's last message now (0 when empty)."""
-        message = await last_message(self._nc, self.settings.journal)
-        parsed = wire.parse_msg_id(message.msg_id or "") if message else None
-        if message is not None and parsed is None:
-            # Not one of ours (a foreign write): fall back to reading its envelope.
-            return wire.decode(message.data, stream_seq=message.stream_seq).seq
-        return parsed[1] if parsed else 0
-
     async def _drain_to_tail(self) -> None:
         """Apply everything the stream holds now, then stop (replay is not running here)."""
         tail = await self._feed.last_stream_seq()
@@ -364,7 +355,11 @@ class Node:
     ) -> PromoteResult:
         """Start (or join) promotion. Raises :class:`PromotionRefused` with a reason a person
         can act on, :class:`TimeoutError` if ``wait`` and it is not serving within ``timeout``.
-        Idempotent: a repeated call returns the same result."""
+        Idempotent: a repeated call returns the same result.
+
+        An epoch marker after the stream tail this node knew when asked, met while it drains,
+        means another node was promoted meanwhile: this one refuses and names it."""
+        floor = self.progress.latest_stream_seq  # before any await: the tail known when asked
         if force and not (reason and reason.strip()):
             raise ConfigError("reason", "a forced promotion needs a reason")
         if not self._started.is_set():
@@ -373,8 +368,8 @@ class Node:
             raise PromotionRefused("this node is a deposed primary; start it again as a standby")
         async with self._promote_lock:  # concurrent requests join one promotion
             if self._promotion is None:
-                await self._check_promotable(force)
-                self._promotion_floor = await self._journal_tail_seq()
+                tail = await self._check_promotable(force)
+                self._promotion_floor = tail if floor is None else floor
                 if force:
                     logger.warning("FORCED promotion of %s: %s", self.settings.node_id, reason)
                 self._begin_promotion(forced=force, reason=reason or "admin request")
@@ -402,7 +397,8 @@ class Node:
                 "reason)"
             )
 
-    async def _check_promotable(self, force: bool) -> None:
+    async def _check_promotable(self, force: bool) -> int:
+        """Refuse an unsafe promotion; returns the stream's tail."""
         error = self.progress.error
         if isinstance(error, DivergenceError):
             raise PromotionRefused(
@@ -427,6 +423,7 @@ class Node:
                 f"lag is {lag} commands, over the bound of {self.settings.max_promote_lag}: "
                 "wait for the standby to catch up, or force with a reason"
             )
+        return tail
 
     def _begin_promotion(self, *, forced: bool, reason: str) -> None:
         self._promotion = asyncio.get_running_loop().create_future()

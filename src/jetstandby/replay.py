@@ -67,6 +67,8 @@ class ReplayProgress:
         self.duplicates_skipped = 0
         self.resubscribes = 0
         self.last_timestamp_ns: int | None = None
+        #: The stream seq of the last epoch marker replay applied (0: none seen).
+        self.epoch_stream_seq = 0
         self.error: ReplayError | None = None
         self._waiters: list[tuple[Callable[[ReplayProgress], bool], asyncio.Future[None]]] = []
 
@@ -386,6 +388,8 @@ class _ReplayRun:
         self._last_seq = seq
         self._cursor = stream_seq
         self._batch_count += 1
+        if command.command_type == wire.EPOCH_MARKER:
+            progress.epoch_stream_seq = stream_seq
         progress.record_replayed(seq, stream_seq, command.timestamp_ns)
 
     def _halt(self, error: ReplayError) -> None:

@@ -47,7 +47,6 @@ class _Image(msgspec.Struct, array_like=True, frozen=True):
     engine: bytes
     epoch: int
     epoch_node: str | None
-    epoch_seq: int
     last_seq: int
     last_msg_id: str | None
     last_timestamp_ns: int
@@ -103,8 +102,6 @@ class ReplicatedState:
         self.engine = engine
         self.epoch = 0
         self.epoch_node: str | None = None
-        #: The command seq of the current epoch's marker.
-        self.epoch_seq = 0
         self.last_seq = 0
         self.last_msg_id: str | None = None
         self.last_timestamp_ns = 0
@@ -194,7 +191,6 @@ class ReplicatedState:
             self.engine.snapshot(),
             self.epoch,
             self.epoch_node,
-            self.epoch_seq,
             self.last_seq,
             self.last_msg_id,
             self.last_timestamp_ns,
@@ -211,7 +207,7 @@ class ReplicatedState:
         if image.format != IMAGE_FORMAT:
             raise ValueError(f"unknown replicated state image format {image.format}")
         self.engine.restore(image.engine)
-        self.epoch, self.epoch_node, self.epoch_seq = image.epoch, image.epoch_node, image.epoch_seq
+        self.epoch, self.epoch_node = image.epoch, image.epoch_node
         self.last_seq, self.last_msg_id = image.last_seq, image.last_msg_id
         self.last_timestamp_ns = image.last_timestamp_ns
         self.writer_engine_version = image.writer_engine_version
@@ -245,7 +241,6 @@ class ReplicatedState:
             )
         self.epoch = marker.epoch
         self.epoch_node = marker.node
-        self.epoch_seq = envelope.seq
         self.writer_engine_version = marker.engine_version
         self._advance(envelope, marker_msg_id(marker.epoch, envelope.seq, marker.node))
 
