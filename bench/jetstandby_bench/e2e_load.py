@@ -63,6 +63,7 @@ class Load:
         self.prefix = prefix
         self.rows = array("q")
         self.failed = 0
+        self.retried = 0  # acknowledged after more than one try
         self.stop = asyncio.Event()
         self._next = itertools.count()
 
@@ -75,6 +76,8 @@ class Load:
             self.failed += 1
             return
         self.rows.extend((out.seq, sent_ns, time.time_ns()))
+        if out.attempts > 1:
+            self.retried += 1
 
     async def closed(self, concurrency: int) -> None:
         async def worker(client: Client) -> None:
@@ -142,6 +145,7 @@ async def main(args: argparse.Namespace) -> None:
     summary = {
         "acked": len(load.rows) // 3,
         "failed": load.failed,
+        "retried": load.retried,
         "started_ns": started,
         "finished_ns": finished,
     }

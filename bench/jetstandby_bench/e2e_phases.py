@@ -162,14 +162,17 @@ async def max_throughput(
 
 async def offered_load(
     setup: Setup, journal: str, shape: LoadShape, rate: float, duration: float, tag: str
-) -> tuple[np.ndarray[Any, Any], int]:
-    """Open-loop load at ``rate`` per second for ``duration``: the rows and the failures."""
+) -> tuple[np.ndarray[Any, Any], int, int]:
+    """Open-loop load at ``rate`` per second for ``duration``: the rows, the failures and the
+    acknowledgements that took more than one try (a retry after the client's per-try timeout
+    adds load just when the primary is slow)."""
     procs = await loads(
         setup, journal, shape, tag,
         "--mode", "open", "--rate", str(rate / shape.client_procs), "--duration", str(duration),
     )  # fmt: skip
     rows = await run_loads(procs)
-    return rows, sum(load.summary["failed"] for load in procs)
+    retried = sum(load.summary["retried"] for load in procs)
+    return rows, sum(load.summary["failed"] for load in procs), retried
 
 
 def lag_level(
@@ -226,10 +229,10 @@ async def throughput_and_lag(
         levels = []
         for fraction in fractions:
             rate = fraction * result["max_throughput"]
-            rows, failed = await offered_load(
+            rows, failed, retried = await offered_load(
                 setup, journal, shape, rate, lag_duration, f"lag{int(fraction * 100)}_"
             )
-            levels.append((fraction, rate, rows, failed))
+            levels.append((fraction, rate, rows, failed, retried))
         tail = (await primary.status())["last_applied_seq"]
         await standby.wait_status(lambda s: s["last_applied_seq"] >= tail, 60)
     finally:
@@ -237,8 +240,8 @@ async def throughput_and_lag(
         await stop_node(primary)
     applies = read_rows(apply_log, 3)
     result["levels"] = [
-        lag_level(fraction, rate, lag_duration, rows, failed, applies)
-        for fraction, rate, rows, failed in levels
+        {**lag_level(fraction, rate, lag_duration, rows, failed, applies), "retried": retried}
+        for fraction, rate, rows, failed, retried in levels
     ]
     return result
 
