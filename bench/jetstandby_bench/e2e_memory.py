@@ -1,8 +1,9 @@
 """Memory: a standby's RSS while it replays a long journal from command 1.
 
-The journal is written first, as a primary would write it (an epoch marker fenced on the
-empty stream, then the commands through ``CommandJournal``, each with a request id so the
-exactly-once record fills too), with the bounded order-book mix of :mod:`e2e_load`. Then a
+The journal is written first: an epoch marker fenced on the empty stream, as a primary
+writes it, then the commands (the bounded order-book mix of :mod:`e2e_load`, each with a
+request id so the exactly-once record fills too) as raw publishes, see
+:func:`write_journal`. Then a
 standby process replays all of it; its engine notes its own RSS every ``RSS_EVERY`` commands
 and the bench samples the RSS from outside every ``SAMPLE_EVERY`` seconds as well.
 """
