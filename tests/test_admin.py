@@ -39,6 +39,7 @@ from jetstandby.errors import (
     FencedError,
     JournalUnavailable,
     PromotionRefused,
+    SnapshotError,
 )
 from jetstandby.snapshots import SnapshotMeta
 from jetstandby.status import NodeStatus, PromoteResult, Role, SkipResult, Transition
@@ -956,4 +957,7 @@ async def test_snapshot_returns_its_metadata_and_a_store_outage_is_503(
     control.fail = JournalUnavailable("bucket did not answer")
     status, answer = await post(client, "/admin/snapshot", b"", AUTH)
     assert (status, answer["error"]) == (503, "snapshot failed; retry later")
-    assert control.snapshots == ["before upgrade", None]
+    control.fail = SnapshotError("the engine could not snapshot its state", reason="capture")
+    status, answer = await post(client, "/admin/snapshot", b"", AUTH)
+    assert status == 503 and "could not snapshot" in answer["detail"]
+    assert control.snapshots == ["before upgrade", None, None]

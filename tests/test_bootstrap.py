@@ -314,3 +314,20 @@ async def test_snapshot_cli_takes_lists_and_verifies(
     refusal = json.loads(capsys.readouterr().out)[0]["refusal"]
     assert "refused (engine)" in refusal and "version 2" in refusal
     assert await asyncio.to_thread(main, [*verify[:-2], "--engine", "nope"]) == EXIT_USAGE
+
+
+async def test_a_node_with_other_limits_joins_a_bounded_stream_and_force_passes_the_gate(
+    start: Start, nats_server: NatsServer
+) -> None:
+    a = await start("a", primary=True, journal=BOUNDED, engine=KeyValueV2)
+    await submit_many(nats_server.url, 10)
+    # Limits belong to the stream (set when it was made): a default node joins it as it is.
+    old = await start("old", journal=JournalSettings(journal="boot"))
+    await caught_up(old, a.state.last_seq)
+    with pytest.raises(PromotionRefused, match="v1 is older than v2"):
+        await old.promote()
+    result = await old.promote(force=True, reason="rolling back the engine on purpose")
+    assert result.forced and old.role is Role.PRIMARY
+    async with await Client.connect(nats_server.url, "boot") as client:
+        out = await client.submit("Put", 1, put("k", "v1 again"))
+    assert out.seq == result.seq + 1 and old.state.writer_engine_version == 1

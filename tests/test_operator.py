@@ -15,6 +15,7 @@ from jetstandby.journal.stream import NatsClient, close_quietly
 from jetstandby.node import Node
 from jetstandby.server import NatsServer
 from jetstandby.state import marker_envelope
+from jetstandby.status import Role
 from jetstandby_bench.prewrite import publish_commands, write_marker
 from tests.support import watch_logs
 
@@ -143,3 +144,44 @@ async def test_a_long_catch_up_never_overflows_the_delivery_queue(
         await node.progress.wait_for(lambda p: p.replay_cursor_seq == count + 1, timeout=60)
     assert node.progress.resubscribes == 0
     assert not logs.seen("slow consumer") and not logs.seen("NATS stream ended")
+
+
+async def test_a_halt_while_a_promotion_is_checked_refuses_it_and_leaves_nothing_pending(
+    nc: NatsClient, standby: Callable[[], asyncio.Future[Node]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await write(nc, MARKER, command(2))
+    node = await standby()
+    await node.progress.wait_for(lambda p: p.replay_cursor_seq == 2 and p.caught_up, timeout=10)
+    feed = node._feed  # the promotion's tail read is the window this test needs to hit
+    real_tail = feed.last_stream_seq
+
+    async def tail_read_that_meets_poison() -> int:
+        await write(nc, command(3, version=9))
+        await node.progress.wait_for(lambda p: p.halted, timeout=10)
+        return await real_tail()
+
+    monkeypatch.setattr(feed, "last_stream_seq", tail_read_that_meets_poison)
+    with pytest.raises(PromotionRefused, match="replay halted"):
+        await node.promote(timeout=5)
+    monkeypatch.setattr(feed, "last_stream_seq", real_tail)
+    await node.skip(stream_seq=3, reason="test poison")
+    await write(nc, command(4))
+    await node.progress.wait_for(lambda p: p.replay_cursor_seq == 4, timeout=10)
+    assert node.role is Role.STANDBY  # nothing asked before the halt fired on its own
+    result = await node.promote(timeout=10)  # and a new request is not stuck behind one
+    assert result.role is Role.PRIMARY and result.epoch == 2
+
+
+async def test_a_snapshot_waiting_for_another_is_refused_once_the_node_is_primary(
+    nc: NatsClient, standby: Callable[[], asyncio.Future[Node]]
+) -> None:
+    await write(nc, MARKER, command(2))
+    node = await standby()
+    await node.progress.wait_for(lambda p: p.replay_cursor_seq == 2 and p.caught_up, timeout=10)
+    assert node._snapshotter is not None
+    async with node._snapshotter._lock:  # as if a snapshot were being stored
+        waiting = asyncio.create_task(node.take_snapshot(reason="queued"))
+        await node.promote(timeout=10)
+    with pytest.raises(ActionRefused, match="the primary never pauses"):
+        await waiting
+    assert node.status().snapshots_taken == 0 and node.status().last_snapshot_error is None

@@ -291,12 +291,13 @@ async def test_choose_falls_back_to_the_newest_good_snapshot(
     await put_raw(nc, store, data[: len(data) // 2], meta)  # truncated
     data, meta = snap(KeyValueV2(), 40)
     await store.put(data, meta)  # another engine version
-    data, meta = snap(kv_engine(50), 50)
-    await put_raw(nc, store, data, msgspec.structs.replace(meta, stream="JSB_OTHER"))
     data, meta = snap(kv_engine(70), 70)
     await store.put(data, meta)  # beyond the tail: the stream ends at 60
     data, meta = snap(kv_engine(55), 55)
     await store.put(data, msgspec.structs.replace(meta, digest="11" * 32))  # digest mismatch
+    # Last: a put prunes snapshots of other streams, which no node can use.
+    data, meta = snap(kv_engine(50), 50)
+    await put_raw(nc, store, data, msgspec.structs.replace(meta, stream="JSB_OTHER"))
 
     with watch_logs("jetstandby.snapshots") as logs:
         chosen = await choose(store, KeyValueEngine, stream_first_seq=1, stream_last_seq=60)
@@ -324,6 +325,20 @@ async def test_choose_falls_back_to_the_newest_good_snapshot(
         assert await choose(store, KeyValueEngine, stream_first_seq=1, stream_last_seq=60) is None
     assert len(logs.seen("falling back to the next older snapshot")) == len(expected)
     assert logs.seen("no usable snapshot among 6 in bucket JSB_SNAP_SNAPTEST")
+
+
+async def test_a_put_prunes_snapshots_of_an_earlier_stream_before_its_own(
+    nc: NatsClient, store: SnapshotStore
+) -> None:
+    # The journal's stream was deleted and created again: the old one's snapshots have
+    # higher seqs, and must not push out (or outlive) the new stream's.
+    for seq in (1000, 1001, 1002):
+        data, meta = snap(kv_engine(3), seq)
+        await put_raw(nc, store, data, msgspec.structs.replace(meta, stream_created="old"))
+    data, meta = snap(kv_engine(10), 10)
+    new = msgspec.structs.replace(meta, stream_created="new")
+    await store.put(data, new)
+    assert [m.name for m in await store.list()] == [new.name]
 
 
 # --- the store's life and its errors ------------------------------------------------------

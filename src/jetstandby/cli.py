@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -379,18 +378,6 @@ async def _server(args: argparse.Namespace, console: Console) -> int:
     finally:
         await server.aclose()
     return EXIT_OK
-
-
-@contextlib.asynccontextmanager
-async def nats_flag(url: str | None) -> AsyncIterator[None]:
-    """A ``--nats`` URL that nothing answers at is bad input (exit 2), not an outage: wrap
-    the first connection in this. Losing NATS later stays :class:`JournalUnavailable`."""
-    try:
-        yield
-    except JournalUnavailable as exc:
-        if url is None:
-            raise
-        raise ConfigError("--nats", str(exc)) from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,8 +53,7 @@ async def run(args: argparse.Namespace, console: Console) -> int:
         print(line, flush=True)
 
     try:
-        async with cli.nats_flag(config.nats):  # a --nats nothing answers at: exit 2
-            role, deposed = await run_node(config, on_ready=ready)
+        role, deposed = await run_node(config, on_ready=ready)
     except asyncio.CancelledError:
         return cli.EXIT_OK
     if role is Role.FENCED:
@@ -155,7 +154,7 @@ async def submit(args: argparse.Namespace, console: Console) -> int:
     except ValueError as exc:
         raise ConfigError("JSON", f"not valid JSON: {exc}") from exc
     # The whole command is bounded too: connecting and closing must not hang a shell.
-    async with cli.nats_flag(args.nats):
+    async with runconfig.nats_flag(args.nats):
         client = await Client.connect(args.nats, args.journal)
     async with asyncio.timeout(args.deadline + 15), client:
         try:

@@ -16,7 +16,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from jetstandby import cli, clicommands
+from jetstandby import cli, clicommands, runconfig
 from jetstandby.bootstrap import StreamBounds, stream_bounds
 from jetstandby.config import JournalSettings
 from jetstandby.engine import load_engine
@@ -38,11 +38,11 @@ async def take(args: argparse.Namespace, console: Console) -> int:
 @contextlib.asynccontextmanager
 async def _store(args: argparse.Namespace) -> AsyncIterator[tuple[SnapshotStore, StreamBounds]]:
     settings = JournalSettings(journal=args.journal)
-    async with cli.nats_flag(args.nats):
+    async with runconfig.nats_flag(args.nats):
         nc = await connect(args.nats, name="jetstandby-snapshot-cli")
     try:
         bounds = await stream_bounds(nc, settings)
-        async with await SnapshotStore.open(nc, settings) as store:
+        async with await SnapshotStore.open(nc, settings, create=False) as store:
             yield store, bounds
     finally:
         await close_quietly(nc)

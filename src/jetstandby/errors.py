@@ -52,7 +52,9 @@ class ActionRefused(JetstandbyError):
 
     action = "action"
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, action: str | None = None) -> None:
+        if action is not None:
+            self.action = action
         super().__init__(f"{self.action} refused: {reason}")
         self.reason = reason
 
@@ -188,7 +190,8 @@ class ProtocolError(ReplayError):
 class VersionGateError(ProtocolError):
     """The journal holds a command type or version this node's engine cannot apply.
 
-    Replay halts before it; upgrade this node's engine (never skip the command)."""
+    Replay halts before it; upgrade this node's engine. Only an operator's explicit skip
+    passes it over (a checkpoint then shows whether the primary applied it)."""
 
 
 class DivergenceError(ReplayError):

@@ -31,6 +31,7 @@ from jetstandby.errors import (
     JournalUnavailable,
     PromotionRefused,
     ReplayError,
+    SnapshotError,
     WireError,
 )
 from jetstandby.journal import CommandJournal, JetStreamFeed, Position
@@ -38,7 +39,7 @@ from jetstandby.journal.marker import append_fenced
 from jetstandby.journal.stream import NatsClient, message_at
 from jetstandby.primary import PrimaryService
 from jetstandby.replay import ReplayProgress, promote_channel, run_replay_loop
-from jetstandby.snapshots import SnapshotMeta, SnapshotStore
+from jetstandby.snapshots import Refusal, SnapshotMeta, SnapshotStore
 from jetstandby.state import ReplicatedState, marker_envelope, marker_msg_id
 from jetstandby.status import NodeStatus, PromoteResult, Role, SkipResult, Transition
 
@@ -46,7 +47,6 @@ logger = logging.getLogger(__name__)
 
 TICK: Final = 0.25
 HOUSEKEEPING_INTERVAL: Final = 1.0
-AS_PRIMARY: Final = "started as primary"
 RATE_SMOOTHING: Final = 0.3
 
 
@@ -77,6 +77,7 @@ class Node:
         #: The stream's tail as this node knew it when promotion was asked: an epoch marker
         #: after it means another node won this promotion.
         self._promotion_floor: int | None = None
+        self._as_primary = False  # run(as_primary=True): the promotion began at start
         self._primary: PrimaryService | None = None
         self._finished = asyncio.Event()
         self._promote_lock = asyncio.Lock()
@@ -115,7 +116,8 @@ class Node:
             )
         self._transition(Role.STANDBY, "started")
         if as_primary:
-            self._begin_promotion(forced=False, reason=AS_PRIMARY)
+            self._as_primary = True
+            self._begin_promotion(forced=False, reason="started as primary")
         self._started.set()
         loop = asyncio.get_running_loop()
         helpers = [loop.create_task(self._tick()), loop.create_task(self._housekeeping())]
@@ -154,7 +156,9 @@ class Node:
                 )
             except HistoryLost as exc:
                 logger.error("replay fell off the start of the stream: %s", exc)
-                await self._bootstrap()
+                self._forget_promotion(PromotionRefused(f"replay lost history: {exc}"))
+                if not await self._bootstrap():  # the history is there: a hole mid-stream
+                    await self._wait_out_halt(exc)
                 continue
             except ReplayError as exc:
                 await self._wait_out_halt(exc)
@@ -176,11 +180,12 @@ class Node:
 
     # -- where the state comes from --------------------------------------------------------
 
-    async def _bootstrap(self) -> None:
+    async def _bootstrap(self) -> bool:
         """Adopt a state this node can prove: the newest verified snapshot, or command 1.
 
         Until there is one the node stays halted (``HistoryLost``), looking again every
-        ``bootstrap_retry`` seconds; it never starts from a state it cannot prove."""
+        ``bootstrap_retry`` seconds; it never starts from a state it cannot prove. Returns
+        False if, on a re-bootstrap, the stream still holds what replay needs next."""
         snapshots = self.settings.snapshots
         store = self._snapshotter.store if self._snapshotter and snapshots.bootstrap else None
         while True:
@@ -198,13 +203,17 @@ class Node:
                     logger.error("cannot start: %s", exc)
                 self._last_error = str(exc)
                 self.progress.halt(exc)
-            except JournalUnavailable as exc:
-                logger.warning("bootstrap: JetStream did not answer, retrying: %s", exc)
+            except (JournalUnavailable, SnapshotError) as exc:
+                if isinstance(exc, SnapshotError) and exc.reason == Refusal.CLOSED:
+                    raise
+                logger.warning("bootstrap: cannot read the stream or snapshots, retrying: %s", exc)
             await asyncio.sleep(snapshots.bootstrap_retry)
-        if start is not None:
-            self._adopt(start)
+        if start is None:
+            return False
+        self._adopt(start)
         self.progress.resume(self._position().stream_seq)
         self._last_error = None
+        return True
 
     def _new_state(self) -> ReplicatedState:
         return ReplicatedState(self._engine_factory())
@@ -231,7 +240,14 @@ class Node:
         await self._resume.wait()  # set by skip(), which may come before we get here
         self._resume.clear()
         self._last_error = None
-        # A promote latched while halted must not fire on its own once replay resumes.
+        self._forget_promotion(PromotionRefused(f"replay halted: {error}"))
+
+    def _forget_promotion(self, error: PromotionRefused) -> None:
+        """Fail a pending promotion and unlatch the promote signal, so that nothing asked
+        before a halt fires on its own once replay resumes (a start as primary stays)."""
+        if self._as_primary and self._promotion is not None:
+            return
+        self._fail_promotion(error)
         self._sender, self._signal = promote_channel()
 
     def _max_body(self) -> int | None:
@@ -249,15 +265,17 @@ class Node:
         still alive) appended meanwhile are replayed and the marker tried again; a newer
         epoch marker means another node won this promotion, and this one refuses."""
         journal_settings = self.settings.journal
-        if self._promotion_floor is None:  # started as primary: no request saw the tail
+        if self._as_primary and self._promotion_floor is None:  # no request saw the tail
             self._promotion_floor = await self._feed.last_stream_seq()
+        assert self._promotion_floor is not None
         for attempt in range(1, self.settings.promote_attempts + 1):
             await self._drain_to_tail()
             if self.progress.epoch_stream_seq > self._promotion_floor:
                 raise PromotionRefused(
-                    f"node {self.state.epoch_node} took epoch {self.state.epoch} (its marker is "
+                    f"node {self.state.epoch_node} took epoch {self.state.epoch} with a marker at "
                     f"stream seq {self.progress.epoch_stream_seq}, after the tail this node "
-                    f"knew, {self._promotion_floor}, when asked): that node is the primary now"
+                    f"knew when asked ({self._promotion_floor}): it was promoted meanwhile; "
+                    "check which node is primary, and ask again if this one should take over"
                 )
             after = self._position()
             epoch, seq = self.state.epoch + 1, self.state.last_seq + 1
@@ -327,9 +345,11 @@ class Node:
         reached = asyncio.get_running_loop().create_task(
             self.progress.wait_for(lambda p: (p.replay_cursor_seq or 0) >= tail)
         )
-        await asyncio.wait({replay, reached}, return_when=asyncio.FIRST_COMPLETED)
-        reached.cancel()
-        sender.promote()
+        try:
+            await asyncio.wait({replay, reached}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when cancelled: never leave a replay (and its consumer) behind
+            reached.cancel()
+            sender.promote()
         await replay  # raises ReplayError if replay halted on the way
 
     def _lost(self, error: JetstandbyError) -> None:
@@ -369,6 +389,8 @@ class Node:
         async with self._promote_lock:  # concurrent requests join one promotion
             if self._promotion is None:
                 tail = await self._check_promotable(force)
+                if self.progress.error is not None:  # halted while we read the tail
+                    raise PromotionRefused(f"replay halted: {self.progress.error}")
                 self._promotion_floor = tail if floor is None else floor
                 if force:
                     logger.warning("FORCED promotion of %s: %s", self.settings.node_id, reason)
@@ -427,8 +449,6 @@ class Node:
 
     def _begin_promotion(self, *, forced: bool, reason: str) -> None:
         self._promotion = asyncio.get_running_loop().create_future()
-        if reason == AS_PRIMARY:
-            self._promotion_floor = None
         self._promotion_started = time.monotonic()
         self._promotion_forced = forced
         logger.info("promotion requested: %s", reason)
@@ -487,36 +507,50 @@ class Node:
         a snapshot store, or one whose state is not proven (starting, halted, diverged);
         :class:`JournalUnavailable` or :class:`SnapshotError` if the store fails."""
         if self._snapshotter is None:
-            raise ActionRefused("snapshots are disabled on this node (snapshots.enabled)")
+            raise ActionRefused(
+                "snapshots are disabled on this node (snapshots.enabled)", action="snapshot"
+            )
+        self._snapshot_position()  # refuse at once, not after waiting for a running one
+        logger.info("snapshot requested: %s", reason or "no reason given")
+        try:
+            return await self._snapshotter.take(self._snapshot_position)
+        except JetstandbyError:
+            raise
+        except Exception as exc:  # the engine's snapshot() or digest() raised
+            logger.exception("snapshot failed: the engine raised")
+            raise SnapshotError(
+                f"the engine could not snapshot its state: {exc!r}", reason=Refusal.CAPTURE
+            ) from exc
+
+    def _snapshot_position(self) -> tuple[ReplicatedState, int]:
+        """The state and the stream seq it holds; refuses unless this is a standby with a
+        proven state. Called again inside the snapshot lock, right before the capture."""
         if self.role is not Role.STANDBY:
             raise ActionRefused(
                 f"this node is {self.role}: take snapshots on a standby, the primary never "
-                "pauses for one"
+                "pauses for one",
+                action="snapshot",
             )
         if self.progress.error is not None or self._start is None:
-            raise ActionRefused(
-                "this node has no proven state to snapshot: "
-                + (str(self.progress.error) if self.progress.error else "it is still starting")
-            )
-        logger.info("snapshot requested: %s", reason or "no reason given")
-        return await self._snapshotter.take(self._snapshot_position)
-
-    def _snapshot_position(self) -> tuple[ReplicatedState, int]:
+            problem = str(self.progress.error) if self.progress.error else "it is starting"
+            raise ActionRefused(f"no proven state to snapshot: {problem}", action="snapshot")
         return self.state, self.progress.replay_cursor_seq or 0
 
     def _check_skippable(self, stream_seq: int) -> ReplayError:
         error = self.progress.error
-        if error is None:
-            raise ActionRefused("replay is not halted: there is nothing to skip")
+        if error is None or self.role is not Role.STANDBY:
+            raise ActionRefused("replay is not halted: there is nothing to skip", action="skip")
         if isinstance(error, DivergenceError | HistoryLost):
             raise ActionRefused(
                 f"replay halted on {error}; skipping a message cannot repair that: "
-                "rebuild this node from a snapshot or a full replay"
+                "rebuild this node from a snapshot or a full replay",
+                action="skip",
             )
         if error.stream_seq != stream_seq:
             raise ActionRefused(
                 f"replay halted at stream seq {error.stream_seq}; only that message can be "
-                f"skipped, not stream seq {stream_seq}"
+                f"skipped, not stream seq {stream_seq}",
+                action="skip",
             )
         return error
 

@@ -181,8 +181,9 @@ class PrimaryService:
     async def _journal_checkpoint(self) -> None:
         """Journal the state's digest after the last command, so that standbys check theirs.
 
-        A checkpoint is never needed for correctness: with no room in the window this one is
-        left out (the next interval has another), as long as nothing was applied for it."""
+        It waits for room in the window as a command does (at most ``unavailable_after``);
+        if none comes it is left out, before anything was applied for it (a checkpoint is
+        never needed for correctness, and the next interval brings another)."""
         journal = self._journal
         try:
             await journal.wait_for_room()
@@ -192,7 +193,12 @@ class PrimaryService:
         except JournalError as exc:
             self._lose(exc)
             return
-        envelope = self._state.checkpoint(epoch=journal.epoch, timestamp_ns=time.time_ns())
+        try:
+            envelope = self._state.checkpoint(epoch=journal.epoch, timestamp_ns=time.time_ns())
+        except Exception as exc:  # digest() raised: the engine is broken, as if apply had
+            logger.critical("engine digest raised after seq %d: %r", self._state.last_seq, exc)
+            self._lose(EngineFailure(f"engine digest raised after seq {self._state.last_seq}"))
+            return
         self._state.apply(envelope)
         try:
             future = await journal.append(envelope)

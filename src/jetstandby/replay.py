@@ -245,8 +245,7 @@ async def run_replay_loop(
     writer could have journaled, and halts replay too. ``progress`` shows the same error.
     Cancelling the call stops replay cleanly.
     """
-    run = _ReplayRun(feed, handler, progress, settings or ReplaySettings(), start_after)
-    run.max_body = max_body
+    run = _ReplayRun(feed, handler, progress, settings or ReplaySettings(), start_after, max_body)
     await run.run(promote)
     return handler
 
@@ -259,8 +258,10 @@ class _ReplayRun:
         progress: ReplayProgress,
         settings: ReplaySettings,
         start_after: Position,
+        max_body: int | None = None,
     ) -> None:
         self._feed = feed
+        self._max_body = max_body
         self._handler = handler
         self._progress = progress
         self._settings = settings
@@ -274,7 +275,6 @@ class _ReplayRun:
         self._subscription: Subscription | None = None
         self._batch_count = 0
         self._fresh_tail = False
-        self.max_body: int | None = None
 
     async def run(self, promote: PromoteSignal) -> None:
         # Helpers also check ``_stopped``: on Python 3.11 a cancellation that races a reply
@@ -333,11 +333,11 @@ class _ReplayRun:
             self._halt(ProtocolError(str(exc), seq=None, stream_seq=stream_seq))
             return
         seq = command.seq
-        if self.max_body is not None and len(data) > self.max_body:
+        if self._max_body is not None and len(data) > self._max_body:
             self._halt(
                 ProtocolError(
                     f"command seq {seq} (stream seq {stream_seq}): oversized envelope of "
-                    f"{len(data)} bytes, over the {self.max_body} a writer may journal (the "
+                    f"{len(data)} bytes, over the {self._max_body} a writer may journal (the "
                     "server's max_payload less the header room): not written by a primary",
                     seq=seq,
                     stream_seq=stream_seq,

@@ -7,17 +7,18 @@ Expected `int`, got `str```.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
 from jetstandby.config import JournalSettings, NodeSettings, ReplaySettings, SnapshotSettings
-from jetstandby.errors import ConfigError
+from jetstandby.errors import ConfigError, JournalUnavailable
 
 ENV_PREFIX = "JETSTANDBY_"
 
@@ -130,3 +131,15 @@ def _named(exc: msgspec.ValidationError, sources: Mapping[str, str]) -> ConfigEr
     where = f" (from {sources[key]})" if key in sources else ""
     problem = str(exc).split(" - at ")[0]
     return ConfigError(key, f"{problem}{where}")
+
+
+@contextlib.asynccontextmanager
+async def nats_flag(url: str | None) -> AsyncIterator[None]:
+    """A ``--nats`` URL that nothing answers at is bad input (exit 2), not an outage: wrap
+    the first connection in this. Losing NATS later stays :class:`JournalUnavailable`."""
+    try:
+        yield
+    except JournalUnavailable as exc:
+        if url is None:
+            raise
+        raise ConfigError("--nats", str(exc)) from exc

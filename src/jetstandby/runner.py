@@ -11,7 +11,7 @@ from jetstandby.admin import AdminServer, AdminSettings, load_token
 from jetstandby.engine import load_engine
 from jetstandby.journal.stream import close_quietly, connect
 from jetstandby.node import Node
-from jetstandby.runconfig import RunConfig
+from jetstandby.runconfig import RunConfig, nats_flag
 from jetstandby.server import NatsServer
 from jetstandby.status import Role
 
@@ -39,7 +39,8 @@ async def run_node(config: RunConfig, *, on_ready: Callable[[str], None]) -> tup
             )
             url = server.url
             logger.info("embedded nats-server at %s", url)
-        nc = await connect(url, name=f"jetstandby-{settings.node_id}")
+        async with nats_flag(config.nats):  # a --nats nothing answers at is bad input
+            nc = await connect(url, name=f"jetstandby-{settings.node_id}")
         stack.push_async_callback(close_quietly, nc)
         node = Node(nc, engine, settings, engine_factory=lambda: load_engine(config.engine))
         admin = await stack.enter_async_context(AdminServer(node, admin_settings))

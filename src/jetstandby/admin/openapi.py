@@ -130,7 +130,8 @@ def _action(
     responses["413"] = _error("The request body is larger than 64 KiB.")
     responses["500"] = _error(_UNEXPECTED)
     responses["503"] = _error(
-        "A retriable failure (e.g. the journal did not answer in time); `detail` says which.",
+        "The node could not do it now: the journal or the snapshot store did not answer or "
+        "refused, or the engine failed to snapshot; `detail` says which.",
         "Retriable",
     )
     responses.update(more or {})

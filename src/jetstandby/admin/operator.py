@@ -13,7 +13,7 @@ from aiohttp import web
 
 from jetstandby.admin.http import json_error, json_response
 from jetstandby.admin.promote import MAX_REASON_LENGTH, check_bearer, parse_body
-from jetstandby.errors import ActionRefused, ConfigError, JetstandbyError
+from jetstandby.errors import ActionRefused, ConfigError, JetstandbyError, SnapshotError
 from jetstandby.status import NodeControl
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def _refused(action: str, exc: JetstandbyError) -> web.Response:
         return json_error(409, f"{action} refused", reason=exc.reason)
     if isinstance(exc, ConfigError):
         return json_error(400, exc.problem, field=exc.field)
-    if not exc.retriable:
+    if not exc.retriable and not isinstance(exc, SnapshotError):
         raise exc  # a bug: the middleware logs it and answers 500
-    logger.warning("admin API: %s failed, retriable: %s", action, exc)
+    logger.warning("admin API: %s failed: %s", action, exc)
     return json_error(503, f"{action} failed; retry later", detail=str(exc))

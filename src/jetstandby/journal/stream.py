@@ -189,7 +189,12 @@ def check_config(actual: StreamConfig, settings: JournalSettings) -> None:
     problems: list[str] = []
     if settings.subject not in (actual.subjects or []):
         problems.append(f"subjects {actual.subjects} lack {settings.subject!r}")
-    for field in ("storage", "discard", "deny_delete", "deny_purge", "allow_rollup_hdrs"):
+    # The limits are the stream's (set when it was created), so is the discard policy they need.
+    bounded = bool(actual.max_age) or (actual.max_bytes or -1) > 0 or (actual.max_msgs or -1) > 0
+    discard = DiscardPolicy.OLD if bounded else DiscardPolicy.NEW
+    if actual.discard != discard:
+        problems.append(f"discard is {actual.discard!r}, need {discard!r} for its limits")
+    for field in ("storage", "deny_delete", "deny_purge", "allow_rollup_hdrs"):
         if getattr(actual, field) != getattr(wanted, field):
             problems.append(
                 f"{field} is {getattr(actual, field)!r}, need {getattr(wanted, field)!r}"

@@ -37,7 +37,8 @@ class Refusal(StrEnum):
     TOO_OLD = "too_old"  # the stream no longer holds the commands right after it
     RESTORE = "restore"  # the engine could not restore the bytes
     DIGEST = "digest"  # restored, but to a state with another digest
-    MISSING = "missing"  # no such snapshot in the store
+    MISSING = "missing"  # no such snapshot (or bucket) in the store
+    CAPTURE = "capture"  # the engine could not take one
     METADATA = "metadata"  # the stored metadata is unreadable or inconsistent
     STORE = "store"  # JetStream refused a request on the bucket
     CLOSED = "closed"  # the store was closed
@@ -230,6 +231,7 @@ def verify(
     stream_first_seq: int,
     stream_last_seq: int,
     stream_name: str,
+    stream_created: str = "",
 ) -> None:
     """Refuse a snapshot that cannot be trusted: :func:`check_meta`, then :func:`check_bytes`.
 
@@ -241,6 +243,7 @@ def verify(
         stream_first_seq=stream_first_seq,
         stream_last_seq=stream_last_seq,
         stream_name=stream_name,
+        stream_created=stream_created,
     )
     check_bytes(data, meta)
 
@@ -259,7 +262,10 @@ def restore_verified(engine_factory: Callable[[], E], data: bytes, meta: Snapsho
         engine.restore(data)
     except Exception as exc:
         raise refused(meta.name, Refusal.RESTORE, f"the engine raised {exc!r}") from exc
-    actual = engine.digest().hex()
+    try:
+        actual = engine.digest().hex()
+    except Exception as exc:
+        raise refused(meta.name, Refusal.DIGEST, f"the engine's digest() raised {exc!r}") from exc
     if actual != meta.digest:
         raise refused(
             meta.name, Refusal.DIGEST, f"restored state has digest {actual}, {meta.digest} taken"

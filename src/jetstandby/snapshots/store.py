@@ -152,7 +152,8 @@ async def choose(
     with the reason, and the next older one is tried. ``None`` means none passed: the caller
     replays from command 1 if the journal still has it, and halts otherwise. The stream
     bounds are those of the journal's stream now. Raises :class:`JournalUnavailable` if the
-    store cannot be read, and :class:`SnapshotError` only if ``store`` is closed.
+    store does not answer, and :class:`SnapshotError` if it cannot be listed (refused by
+    JetStream, or closed).
     """
     metas = await store.list()
     for meta in metas:
@@ -285,11 +286,13 @@ class SnapshotStore:
         *,
         replicas: int = 1,
         keep: int = DEFAULT_KEEP,
+        create: bool = True,
     ) -> SnapshotStore:
         """Bind the journal's snapshot bucket, creating it (file storage) if it is missing.
 
         ``replicas`` applies only when the bucket is created: an existing one is used as it
-        is. ``keep``: how many of the newest snapshots :meth:`put` keeps. Raises
+        is. ``keep``: how many of the newest snapshots :meth:`put` keeps. ``create=False``
+        (read-only tools): a missing bucket is a :class:`SnapshotError` (``missing``). Raises
         :class:`ConfigError` for a bad argument, and :class:`SnapshotError` (``store``) if
         the bucket cannot be created or does not allow direct gets.
         """
@@ -300,7 +303,7 @@ class SnapshotStore:
         bucket = bucket_name(settings.journal)
         js = nc.jetstream(timeout=settings.request_timeout)
         with _translated(f"opening snapshot bucket {bucket}"):
-            info = await _bind_or_create(js, bucket, replicas)
+            info = await _bind_or_create(js, bucket, replicas, create=create)
         if not info.config.allow_direct:
             raise SnapshotError(
                 f"snapshot bucket {bucket} does not allow direct gets; recreate it",
@@ -363,7 +366,7 @@ class SnapshotStore:
             meta.epoch,
             meta.size,
         )
-        await self.prune()
+        await self.prune(meta)
         return meta
 
     async def get(self, snapshot: str | SnapshotMeta) -> bytes:
@@ -405,9 +408,19 @@ class SnapshotStore:
             await self._js.purge_stream(self._stream, subject=self._meta_subject(name))
         return True
 
-    async def prune(self) -> builtins.list[SnapshotMeta]:
-        """Delete all but the newest ``keep`` snapshots; returns the deleted ones."""
-        doomed = (await self.list())[self._keep :]
+    async def prune(self, current: SnapshotMeta | None = None) -> builtins.list[SnapshotMeta]:
+        """Delete all but the newest ``keep`` snapshots; returns the deleted ones.
+
+        With ``current`` (the snapshot just stored), snapshots of another generation of the
+        stream (another ``stream``/``stream_created``, which no node can use) go first and
+        never count against ``keep``, so they cannot push out the one just stored."""
+        metas = await self.list()
+        if current is not None:
+            same = [m for m in metas if _same_stream(m, current)]
+            foreign = [m for m in metas if not _same_stream(m, current)]
+            doomed = foreign + same[self._keep :]
+        else:
+            doomed = metas[self._keep :]
         for meta in doomed:
             if await self.delete(meta):
                 logger.info(
@@ -602,12 +615,23 @@ class SnapshotStore:
                 )
 
 
-async def _bind_or_create(js: JetStreamContext, bucket: str, replicas: int) -> StreamInfo:
+def _same_stream(a: SnapshotMeta, b: SnapshotMeta) -> bool:
+    return a.stream == b.stream and a.stream_created == b.stream_created
+
+
+async def _bind_or_create(
+    js: JetStreamContext, bucket: str, replicas: int, *, create: bool = True
+) -> StreamInfo:
     stream = OBJ_STREAM_TEMPLATE.format(bucket=bucket)
     try:
         return await js.stream_info(stream)
     except nats.js.errors.NotFoundError:
-        pass
+        if not create:
+            raise SnapshotError(
+                f"there is no snapshot bucket {bucket}: no node of this journal has run with "
+                "snapshots on (or the journal name is wrong)",
+                reason=Refusal.MISSING,
+            ) from None
     logger.info("creating snapshot bucket %s (file storage, %d replicas)", bucket, replicas)
     config = ObjectStoreConfig(
         description="jetstandby engine snapshots",
