@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from jetstandby import connect, ensure_stream, submission
 from jetstandby.client import Client
@@ -277,3 +278,28 @@ async def test_two_standbys_promoted_at_once_one_wins_the_other_is_refused(
         out = await client.submit("Put", 1, put("k", "after"))
     await loser.progress.wait_for(lambda p: p.last_replayed_seq == out.seq, timeout=10)
     assert loser.state.epoch == 2 and loser.digest() == winner.digest()
+
+
+async def test_a_slow_primary_gets_longer_tries_instead_of_a_retry_storm(
+    nats_server: NatsServer,
+) -> None:
+    nc = await connect(nats_server.url)
+    arrivals: list[float] = []
+
+    async def slow_primary(msg: Msg) -> None:  # 0.8 s per request, one at a time
+        arrivals.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.8)
+        reply = submission.SubmitReply(ok=True, seq=7, result=b"done")
+        await msg.respond(submission.encode_reply(reply))
+
+    await nc.subscribe("jsb.kv.submit", cb=slow_primary)
+    try:
+        async with await Client.connect(nats_server.url, "kv", request_timeout=0.3) as client:
+            out = await client.submit("Put", 1, put("k", "v"), deadline=10)
+    finally:
+        await close_quietly(nc)
+    # Like a real primary it handles one request at a time, so every resend queues behind
+    # the others: with a fixed 0.3 s per try the queue only grows and no try is answered in
+    # time. Tries of 0.3, 0.6, 1.2 and 2.4 s: the fourth outlasts its wait (done at 3.2 s).
+    assert out.seq == 7 and 2 <= out.attempts <= 4
+    assert len(arrivals) == out.attempts

@@ -38,9 +38,11 @@ class Client:
     """Submits commands to the primary of ``journal``. Build with :meth:`connect`, or pass a
     connection you own.
 
-    ``request_timeout`` bounds one try: a request caught by a primary that dies waits this
-    long before it is retried, so it sets the floor of the failover time a client sees.
-    Retrying a slow but live primary is safe (the request id is deduplicated).
+    ``request_timeout`` bounds the first try: a request caught by a primary that dies waits
+    this long before it is retried, so it sets the floor of the failover time a client sees.
+    Each try that times out doubles the next one's bound, up to ``max_request_timeout``: a
+    primary that is only slow is given longer instead of being sent every submission again
+    (a retry storm that keeps it slow). Retrying is safe: the request id is deduplicated.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class Client:
         journal: str = "default",
         *,
         request_timeout: float = 0.5,
+        max_request_timeout: float = 4.0,
         min_backoff: float = 0.02,
         max_backoff: float = 0.5,
     ) -> None:
@@ -56,6 +59,7 @@ class Client:
         self._owns_connection = False
         self._subject = wire.submit_subject(journal)
         self._request_timeout = request_timeout
+        self._max_request_timeout = max(request_timeout, max_request_timeout)
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
 
@@ -97,10 +101,15 @@ class Client:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + deadline
         backoff, attempts, last = self._min_backoff, 0, "no attempt"
+        per_try = self._request_timeout
         while True:
             attempts += 1
-            timeout = max(0.001, min(self._request_timeout, give_up - loop.time()))
-            reply, last = await self._attempt(body, timeout)
+            timeout = max(0.001, min(per_try, give_up - loop.time()))
+            try:
+                reply, last = await self._attempt(body, timeout)
+            except TimeoutError:
+                reply, last = None, f"no answer within {timeout:.2f}s"
+                per_try = min(per_try * 2, self._max_request_timeout)
             if reply is not None and reply.ok:
                 return SubmitResult(
                     reply.seq, reply.result, request_id, reply.deduplicated, attempts
@@ -121,12 +130,14 @@ class Client:
     async def _attempt(
         self, body: bytes, timeout: float
     ) -> tuple[submission.SubmitReply | None, str]:
+        """One try: the reply (if one came) and what happened. Raises :class:`TimeoutError`
+        when nobody answered within ``timeout``."""
         try:
             msg = await self._nc.request(self._subject, body, timeout=timeout)
         except nats.errors.NoRespondersError:
             return None, "no primary is serving"
         except nats.errors.TimeoutError:
-            return None, f"no answer within {timeout:.2f}s"
+            raise TimeoutError from None
         except (nats.errors.Error, OSError) as exc:
             return None, f"connection: {exc!r}"
         try:

@@ -78,7 +78,8 @@ class NodeProcess:
         try:
             admin = await _read_ready(proc, log, ready_within)
         except BaseException:
-            proc.kill()
+            if proc.returncode is None:  # it may have exited already: keep its error
+                proc.kill()
             await proc.wait()
             raise
         return cls(proc, node_id, admin, log, token)
