@@ -13,6 +13,8 @@ cursor reaches the stream's last seq (``progress.wait_for``, never a sleep).
 2. **Take**: ``Node.take_snapshot()`` on that standby, now at command ``count + 1``;
    ``capture_s`` is ``capture()`` of the same state again right after, its digest computed
    afresh (a ``ReplicatedState`` caches it), and ``store_s`` the rest of ``take_s``.
+   ``pause_s`` is the part that stops replay: ``freeze()`` and the engine's digest (the
+   encoding and hashing then run in a thread).
    Then ``tail`` more commands are written, which the first standby follows.
 3. **Snapshot bootstrap**: another fresh standby, from ``Node.run`` to its cursor at the new
    end. It restores the snapshot and replays only the tail, so it catches up on ``tail``
@@ -78,6 +80,7 @@ FIGURES: Final = (
     ("adopt_s", "  start → snapshot adopted"),
     ("tail_replay_s", "  tail replay"),
     ("take_s", "take_snapshot()"),
+    ("pause_s", "  replay paused for it (freeze + digest)"),
     ("capture_s", "  capture (timed again alone)"),
     ("store_s", "  store (take - capture)"),
     ("restore_s", "restore: choose() alone"),
@@ -210,8 +213,13 @@ async def take(standby: Standby, journal: JournalSettings) -> tuple[SnapshotMeta
     capture_s = time.perf_counter() - started
     if (again.sha256, again.digest) != (meta.sha256, meta.digest):
         raise AssertionError("the state changed between the snapshot and its second capture")
+    started = time.perf_counter()
+    state.freeze()
+    state.engine.digest()
+    pause_s = time.perf_counter() - started
     return meta, {
         "take_s": take_s,
+        "pause_s": pause_s,
         "capture_s": capture_s,
         "store_s": take_s - capture_s,
         "snapshot_bytes": meta.size,

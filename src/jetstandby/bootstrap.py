@@ -10,6 +10,7 @@ that the stream's retention limits removed commands it still needed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from jetstandby.config import JournalSettings, SnapshotSettings
 from jetstandby.errors import HistoryLost
 from jetstandby.journal.stream import NatsClient, stream_info
-from jetstandby.snapshots import SnapshotMeta, SnapshotStore, capture, choose
+from jetstandby.snapshots import SnapshotMeta, SnapshotStore, choose, describe
 from jetstandby.state import ReplicatedState
 
 logger = logging.getLogger(__name__)
@@ -175,8 +176,14 @@ class Snapshotter:
             state, stream_seq = position()
             started = time.monotonic()
             try:
-                data, meta = capture(
-                    state,
+                # Only this part stops replay; encoding and hashing run in a thread.
+                encode, digest = state.freeze(), state.digest().hex()
+                frozen = time.monotonic()
+                describe_ = functools.partial(
+                    describe,
+                    engine_name=state.name,
+                    engine_version=state.version,
+                    digest=digest,
                     settings=self._journal,
                     seq=state.last_seq,
                     stream_seq=stream_seq,
@@ -184,6 +191,7 @@ class Snapshotter:
                     node_id=self._node_id,
                     stream_created=self.stream_created,
                 )
+                data, meta = await asyncio.to_thread(_encoded, encode, describe_)
                 captured = time.monotonic()
                 stored = await self.store.put(data, meta)
             except Exception as exc:
@@ -193,13 +201,21 @@ class Snapshotter:
             self.taken += 1
             self.last, self.last_error = stored, None
             logger.info(
-                "snapshot %s stored: seq %d, stream seq %d, %d bytes; capture %.1f ms, "
-                "store %.1f ms",
+                "snapshot %s stored: seq %d, stream seq %d, %d bytes; replay paused %.1f ms, "
+                "encode %.1f ms, store %.1f ms",
                 stored.name,
                 stored.seq,
                 stored.stream_seq,
                 stored.size,
-                (captured - started) * 1000,
+                (frozen - started) * 1000,
+                (captured - frozen) * 1000,
                 (time.monotonic() - captured) * 1000,
             )
             return stored
+
+
+def _encoded(
+    encode: Callable[[], bytes], describe_: Callable[[bytes], SnapshotMeta]
+) -> tuple[bytes, SnapshotMeta]:
+    data = encode()
+    return data, describe_(data)

@@ -6,7 +6,7 @@ Both need the bearer token, as promotion does, and both are logged with their re
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -24,11 +24,19 @@ class SkipRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REASON_LENGTH)]
 
 
-async def skip(request: web.Request, control: NodeControl, token: str | None) -> web.Response:
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+async def _authorized(request: web.Request, token: str | None, kind: type[T]) -> T | web.Response:
+    """The request's body as ``kind`` once the bearer token checks out; else the answer."""
     refusal = check_bearer(request, token)
     if refusal is not None:
         return refusal
-    parsed = parse_body(await request.read(), SkipRequest)
+    return parse_body(await request.read(), kind)
+
+
+async def skip(request: web.Request, control: NodeControl, token: str | None) -> web.Response:
+    parsed = await _authorized(request, token, SkipRequest)
     if isinstance(parsed, web.Response):
         return parsed
     if not parsed.reason.strip():
@@ -51,10 +59,7 @@ class SnapshotRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 
 async def snapshot(request: web.Request, control: NodeControl, token: str | None) -> web.Response:
-    refusal = check_bearer(request, token)
-    if refusal is not None:
-        return refusal
-    parsed = parse_body(await request.read(), SnapshotRequest)
+    parsed = await _authorized(request, token, SnapshotRequest)
     if isinstance(parsed, web.Response):
         return parsed
     logger.info("admin API: snapshot requested from %s: reason=%r", request.remote, parsed.reason)

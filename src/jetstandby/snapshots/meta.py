@@ -121,15 +121,47 @@ def capture(
     makes sure that nothing is applied to the engine while this runs.
     """
     data = engine.snapshot()
-    meta = SnapshotMeta(
-        journal=settings.journal,
-        stream=settings.stream,
+    meta = describe(
+        data,
         engine_name=engine.name,
         engine_version=engine.version,
+        digest=engine.digest().hex(),
+        settings=settings,
         seq=seq,
         stream_seq=stream_seq,
         epoch=epoch,
-        digest=engine.digest().hex(),
+        node_id=node_id,
+        taken_at_unix_ms=taken_at_unix_ms,
+        stream_created=stream_created,
+    )
+    return data, meta
+
+
+def describe(
+    data: bytes,
+    *,
+    engine_name: str,
+    engine_version: int,
+    digest: str,
+    settings: JournalSettings,
+    seq: int,
+    stream_seq: int,
+    epoch: int,
+    node_id: str,
+    taken_at_unix_ms: int | None = None,
+    stream_created: str = "",
+) -> SnapshotMeta:
+    """The metadata of snapshot bytes ``data`` of a state whose engine digest (hex) is
+    ``digest``. Pure; takes the SHA-256 of ``data`` (safe to run in a thread)."""
+    return SnapshotMeta(
+        journal=settings.journal,
+        stream=settings.stream,
+        engine_name=engine_name,
+        engine_version=engine_version,
+        seq=seq,
+        stream_seq=stream_seq,
+        epoch=epoch,
+        digest=digest,
         sha256=hashlib.sha256(data).hexdigest(),
         size=len(data),
         node_id=node_id,
@@ -138,7 +170,6 @@ def capture(
         ),
         stream_created=stream_created,
     )
-    return data, meta
 
 
 # --- verification: pure ---------------------------------------------------------------------
