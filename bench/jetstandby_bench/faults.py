@@ -79,6 +79,7 @@ async def run(bench: FaultsBench) -> dict[str, Any]:
     logging.getLogger("jetstandby.journal.stream").setLevel(logging.ERROR)
     console = Console(stderr=True)
     results: dict[str, ScenarioResult] = {}
+    crashed: dict[str, tuple[int, str]] = {}
     seconds: dict[str, float] = {}
     base = Path(tempfile.mkdtemp(prefix="jsb-faults-"))
     for name in names:
@@ -87,12 +88,19 @@ async def run(bench: FaultsBench) -> dict[str, Any]:
         workdir.mkdir()
         console.print(f"[bold]{name}[/bold]: {scenario.what} ...")
         start = time.monotonic()
-        results[name] = await scenario.run(bench.cycles or scenario.default_cycles, workdir)
+        cycles = bench.cycles or scenario.default_cycles
+        try:
+            results[name] = await scenario.run(cycles, workdir)
+        except Exception as exc:  # one scenario's crash must not hide the others' figures
+            crashed[name] = (cycles, f"{type(exc).__name__}: {exc}")
+            console.print(f"[bold red]{name} did not finish[/bold red]: {exc!r}")
         seconds[name] = round(time.monotonic() - start, 1)
-        if not results[name].valid:
+        if name in results and not results[name].valid:
             console.print(results[name].explain())
     figures = {name: r.figures() for name, r in results.items()}
-    out = {"scenarios": figures, "valid": all(r.valid for r in results.values())}
+    figures.update({name: _crashed(cycles, error) for name, (cycles, error) in crashed.items()})
+    valid = all(r.valid for r in results.values()) and not crashed
+    out = {"scenarios": figures, "valid": valid}
     # With --json, stdout carries the JSON object alone and the table goes to stderr.
     print_table(figures, seconds, Console(stderr=bench.as_json, width=120))
     if bench.as_json:
@@ -105,6 +113,14 @@ async def run(bench: FaultsBench) -> dict[str, Any]:
 
         shutil.rmtree(base, ignore_errors=True)
     return out
+
+
+def _crashed(cycles: int, error: str) -> dict[str, Any]:
+    """The row of a scenario that raised instead of finishing: nothing was checked."""
+    row: dict[str, Any] = dict.fromkeys(
+        ("acknowledged", "lost", "duplicated", "unexpected", "failover_ms_p50", "failover_ms_p99")
+    )
+    return {**row, "cycles": cycles, "valid": False, "error": error}
 
 
 def print_table(
@@ -129,10 +145,10 @@ def print_table(
         table.add_row(
             name,
             str(f["cycles"]),
-            f"{f['acknowledged']:,}",
-            str(f["lost"]),
-            str(f["duplicated"]),
-            str(f["unexpected"]),
+            "-" if f["acknowledged"] is None else f"{f['acknowledged']:,}",
+            str(f["lost"]).replace("None", "-"),
+            str(f["duplicated"]).replace("None", "-"),
+            str(f["unexpected"]).replace("None", "-"),
             "-" if f["failover_ms_p50"] is None else f"{f['failover_ms_p50']:.1f}",
             "-" if f["failover_ms_p99"] is None else f"{f['failover_ms_p99']:.1f}",
             "yes" if f["valid"] else "NO",

@@ -157,8 +157,8 @@ class Node:
             except HistoryLost as exc:
                 logger.error("replay fell off the start of the stream: %s", exc)
                 self._forget_promotion(PromotionRefused(f"replay lost history: {exc}"))
-                if not await self._bootstrap():  # the history is there: a hole mid-stream
-                    await self._wait_out_halt(exc)
+                if not await self._bootstrap():  # the stream starts before the hole
+                    await self._wait_out_halt(self._hole(exc))
                 continue
             except ReplayError as exc:
                 await self._wait_out_halt(exc)
@@ -241,6 +241,20 @@ class Node:
         self._resume.clear()
         self._last_error = None
         self._forget_promotion(PromotionRefused(f"replay halted: {error}"))
+
+    def _hole(self, lost: HistoryLost) -> HistoryLost:
+        """Messages missing in the middle of the stream (deleted, which ``deny_delete``
+        forbids): no snapshot or skip can make up for them; the node must be rebuilt."""
+        hole = HistoryLost(
+            f"stream seqs {lost.stream_seq}..{lost.first_stream_seq - 1} are missing in the "
+            "middle of the stream (deleted, though the stream denies deletes): this node "
+            "cannot go on; rebuild it from a snapshot taken after them",
+            stream_seq=lost.stream_seq or 0,
+            first_stream_seq=lost.first_stream_seq,
+        )
+        logger.error("%s", hole)
+        self.progress.halt(hole)
+        return hole
 
     def _forget_promotion(self, error: PromotionRefused) -> None:
         """Fail a pending promotion and unlatch the promote signal, so that nothing asked
