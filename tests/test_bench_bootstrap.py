@@ -29,11 +29,14 @@ def test_bootstrap_reports_every_figure() -> None:
     assert (
         result["full_replay_resubscribes"] >= 0 and result["snapshot_bootstrap_resubscribes"] >= 0
     )
-    # The parts add up, and every figure is a plausible duration for 5,500 commands.
+    # The parts were measured, not derived, and every figure is a plausible duration for
+    # 5,500 commands.
     rounding = 2e-4  # each figure is rounded to 4 decimals
     parts = result["adopt_s"] + result["tail_replay_s"]
     assert parts == approx(result["snapshot_bootstrap_s"], abs=rounding)
-    assert result["capture_s"] + result["store_s"] == approx(result["take_s"], abs=rounding)
+    assert 0 < result["adopt_s"] < result["snapshot_bootstrap_s"]
+    for part in ("pause_s", "encode_s", "store_s"):
+        assert 0 < result[part] < 30, part
     for key in KEYS[:2] + KEYS[3:]:
         assert result[key] < 30, key
     # The snapshot holds the book and an exactly-once record of 5,001 request ids.

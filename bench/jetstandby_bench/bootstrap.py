@@ -11,10 +11,9 @@ cursor reaches the stream's last seq (``progress.wait_for``, never a sleep).
 1. **Full replay**: a fresh standby (its snapshot bucket empty, so it starts from command 1),
    from ``Node.run`` to its cursor at ``count + 1`` (the marker and ``count`` commands).
 2. **Take**: ``Node.take_snapshot()`` on that standby, now at command ``count + 1``;
-   ``capture_s`` is ``capture()`` of the same state again right after, its digest computed
-   afresh (a ``ReplicatedState`` caches it), and ``store_s`` the rest of ``take_s``.
-   ``pause_s`` is the part that stops replay: ``freeze()`` and the engine's digest (the
-   encoding and hashing then run in a thread).
+   Then its parts are timed alone on the same state: ``pause_s``, the part that stops
+   replay (``freeze()`` and the engine's digest, computed afresh); ``encode_s``, encoding
+   and SHA-256 (a thread does them in a node); ``store_s``, putting the same snapshot again.
    Then ``tail`` more commands are written, which the first standby follows.
 3. **Snapshot bootstrap**: another fresh standby, from ``Node.run`` to its cursor at the new
    end. It restores the snapshot and replays only the tail, so it catches up on ``tail``
@@ -59,8 +58,8 @@ from jetstandby.snapshots import (
     SnapshotMeta,
     SnapshotStore,
     bucket_name,
-    capture,
     choose,
+    describe,
     restore_verified,
 )
 from jetstandby.state import ReplicatedState
@@ -80,9 +79,9 @@ FIGURES: Final = (
     ("adopt_s", "  start → snapshot adopted"),
     ("tail_replay_s", "  tail replay"),
     ("take_s", "take_snapshot()"),
-    ("pause_s", "  replay paused for it (freeze + digest)"),
-    ("capture_s", "  capture (timed again alone)"),
-    ("store_s", "  store (take - capture)"),
+    ("pause_s", "  replay paused for it (freeze + digest), alone"),
+    ("encode_s", "  encode + sha256 (in a thread), alone"),
+    ("store_s", "  store (put again), alone"),
     ("restore_s", "restore: choose() alone"),
     ("fetch_s", "  SnapshotStore.get() alone"),
     ("restore_only_s", "  restore_verified() alone"),
@@ -169,59 +168,44 @@ class Standby:
         await self.aclose()
 
 
-class _FreshDigest:
-    """A state as :func:`capture` sees it, but with the engine's digest computed afresh, as
-    the first capture of a state computes it (a ``ReplicatedState`` caches its digest)."""
-
-    def __init__(self, state: ReplicatedState) -> None:
-        self._state = state
-
-    @property
-    def name(self) -> str:
-        return self._state.name
-
-    @property
-    def version(self) -> int:
-        return self._state.version
-
-    def snapshot(self) -> bytes:
-        return self._state.snapshot()
-
-    def restore(self, data: bytes) -> None:
-        raise NotImplementedError("only captured here")
-
-    def digest(self) -> bytes:
-        return self._state.engine.digest()
-
-
-async def take(standby: Standby, journal: JournalSettings) -> tuple[SnapshotMeta, dict[str, Any]]:
-    """``take_snapshot()`` timed, then the capture part of it timed alone."""
+async def take(
+    nc: NatsClient, standby: Standby, journal: JournalSettings
+) -> tuple[SnapshotMeta, dict[str, Any]]:
+    """``take_snapshot()`` timed, then its three parts timed alone on the same state."""
     node = standby.node
     started = time.perf_counter()
     meta = await node.take_snapshot(reason="bench bootstrap")
     take_s = time.perf_counter() - started
     state = node.state
     started = time.perf_counter()
-    _, again = capture(
-        _FreshDigest(state),
+    encode = state.freeze()
+    digest = state.engine.digest().hex()  # afresh: the state caches it
+    frozen = time.perf_counter()
+    data = encode()
+    again = describe(
+        data,
+        engine_name=state.name,
+        engine_version=state.version,
+        digest=digest,
         settings=journal,
         seq=state.last_seq,
         stream_seq=meta.stream_seq,
         epoch=state.epoch,
         node_id=node.settings.node_id,
+        stream_created=meta.stream_created,
     )
-    capture_s = time.perf_counter() - started
+    encoded = time.perf_counter()
     if (again.sha256, again.digest) != (meta.sha256, meta.digest):
         raise AssertionError("the state changed between the snapshot and its second capture")
-    started = time.perf_counter()
-    state.freeze()
-    state.engine.digest()
-    pause_s = time.perf_counter() - started
+    async with await SnapshotStore.open(nc, journal) as store:
+        started_store = time.perf_counter()
+        await store.put(data, meta)  # the same snapshot again: it replaces itself
+        store_s = time.perf_counter() - started_store
     return meta, {
         "take_s": take_s,
-        "pause_s": pause_s,
-        "capture_s": capture_s,
-        "store_s": take_s - capture_s,
+        "pause_s": frozen - started,
+        "encode_s": encoded - frozen,
+        "store_s": store_s,
         "snapshot_bytes": meta.size,
     }
 
@@ -272,7 +256,7 @@ async def phases(
         full_resubscribes = a.node.progress.resubscribes
         if a.node.status().started_from != "command 1" or a.node.state.last_seq != end:
             raise AssertionError(f"the full replay started from {a.node.status().started_from}")
-        meta, taken = await take(a, journal)
+        meta, taken = await take(nc, a, journal)
         await publish_commands(nc, journal, commands, first_seq=end + 1)
         await a.reach(tail_end)
         full_digest = a.node.digest()
