@@ -57,24 +57,23 @@ class RetentionWatch:
         return self.bounds.headroom(cursor)
 
     def check(self, cursor: int | None) -> bool:
-        headroom, bounds = self.headroom(cursor), self.bounds
-        warn = (
-            headroom is not None
-            and bounds is not None
-            and bounds.limited
-            and headroom < self.fraction * bounds.messages
-        )
-        if warn and not self.warning and bounds is not None and cursor is not None:
-            logger.warning(
-                "RETENTION: this standby needs stream seq %d, only %s messages after the "
-                "stream's first seq %d; if the stream's limits drop them first, it must "
-                "re-bootstrap from a snapshot (or halt)",
-                cursor + 1,
-                headroom,
-                bounds.first_seq,
-            )
-        elif not warn and self.warning:
-            logger.info("retention headroom recovered: %s messages", headroom)
+        bounds = self.bounds
+        if bounds is None or cursor is None or not bounds.limited:
+            warn = False
+        else:
+            headroom = bounds.headroom(cursor)
+            warn = headroom < self.fraction * bounds.messages
+            if warn and not self.warning:
+                logger.warning(
+                    "RETENTION: this standby needs stream seq %d, only %d messages after the "
+                    "stream's first seq %d; if the stream's limits drop them first, it must "
+                    "re-bootstrap from a snapshot (or halt)",
+                    cursor + 1,
+                    headroom,
+                    bounds.first_seq,
+                )
+        if not warn and self.warning:
+            logger.info("retention headroom recovered: %s messages", self.headroom(cursor))
         self.warning = warn
         return warn
 
