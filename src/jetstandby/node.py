@@ -265,9 +265,8 @@ class Node:
         self._sender, self._signal = promote_channel()
 
     def _max_body(self) -> int | None:
-        """The largest message a primary may journal: :meth:`CommandJournal.encode`'s rule."""
         max_payload = self._nc.max_payload
-        return max_payload - wire.HEADER_ROOM if max_payload else None
+        return wire.max_body(max_payload) if max_payload else None
 
     def _position(self) -> Position:
         return Position(

@@ -132,6 +132,12 @@ def _describe(exc: Exception, data: bytes) -> str:
     return text
 
 
+def max_body(max_payload: int) -> int:
+    """The largest message body a writer may journal on a server with ``max_payload``:
+    what the primary refuses above, and what a standby halts on."""
+    return max_payload - HEADER_ROOM
+
+
 def msg_id(epoch: int, seq: int) -> str:
     """The message id of command ``seq`` written in ``epoch``: ``"<epoch>-<seq>"``."""
     return f"{epoch}-{seq}"

@@ -164,7 +164,7 @@ class CommandJournal:
         """The message body of ``envelope``; :class:`WireError` if, with its headers, it would
         exceed the server's ``max_payload``. Pass the body on to :meth:`append`."""
         body = wire.encode(envelope)
-        if len(body) + wire.HEADER_ROOM > self._nc.max_payload:
+        if len(body) > wire.max_body(self._nc.max_payload):
             raise WireError(
                 f"command seq {envelope.seq} encodes to {len(body)} bytes, which with "
                 f"{wire.HEADER_ROOM} bytes of headers is over the server's max_payload of "
