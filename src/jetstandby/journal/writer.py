@@ -565,7 +565,11 @@ class CommandJournal:
     async def _watch(self) -> None:
         """Resync when the oldest in-flight publish has gone unanswered for ``ack_timeout``;
         when idle, read the tail every ``fence_probe_interval`` so that a newer epoch's
-        marker fences this journal even if it never appends again (a zombie primary)."""
+        marker fences this journal even if it never appends again (a zombie primary).
+
+        Idle means nothing acknowledged for that long, not merely nothing in flight at this
+        tick: a fenced append proves the tail as well as a probe does, and a probe holds
+        back new sends until its read returns, a stall a busy primary should not pay."""
         interval = min(self._settings.ack_timeout / 4, 0.25)
         last_probe = time.monotonic()
         while self._error is None:
@@ -581,6 +585,10 @@ class CommandJournal:
                     len(self._pending),
                 )
                 self._start_resync()
-            elif not self._pending and now - last_probe >= self._settings.fence_probe_interval:
+            elif (
+                not self._pending
+                and now - max(last_probe, self._last_progress)
+                >= self._settings.fence_probe_interval
+            ):
                 last_probe = now
                 self._start_resync()
