@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import gc
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -37,3 +38,11 @@ async def nats_cluster() -> AsyncIterator[NatsCluster]:
     """A started 3-node JetStream cluster on loopback, with a meta leader elected."""
     async with NatsCluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(autouse=True)
+def _heap_unfrozen() -> Iterator[None]:
+    """A node freezes the heap once its state is built (jetstandby.heap): process-wide, so
+    undo it after each test, for the next test's collections and leak warnings."""
+    yield
+    gc.unfreeze()

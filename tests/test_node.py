@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -18,6 +19,7 @@ from jetstandby.journal.stream import close_quietly, read_journal
 from jetstandby.node import Node
 from jetstandby.server import NatsServer
 from jetstandby.status import Role
+from tests.support import watch_logs
 
 REPLAY = ReplaySettings(
     catch_up_interval=0.05, resubscribe_delay=0.05, resubscribe_failure_delay=0.2
@@ -213,6 +215,27 @@ async def test_an_idle_primary_does_not_make_a_caught_up_standby_look_late(
     status = b.node.status()
     assert status.caught_up and status.ready
     assert status.stream_lag == 0 and status.lag_ms == 0.0 and status.catch_up_eta_s == 0.0
+
+
+async def test_a_built_state_is_frozen_out_of_full_collections_once(
+    start: object, nats_server: NatsServer
+) -> None:
+    """A caught-up standby freezes the heap (jetstandby.heap) once for the state it adopted;
+    a node told not to (``freeze_heap=False``, here the primary) never does."""
+    assert gc.get_freeze_count() == 0
+    with watch_logs() as logs:
+        await start("a", primary=True, freeze_heap=False)  # type: ignore[operator]
+        b = await start("b")  # type: ignore[operator]
+        async with await Client.connect(nats_server.url, "kv") as client:
+            for i in range(20):
+                await client.submit("Put", 1, put(f"k{i}", "v"))
+        await logs.wait_for("heap frozen")
+        await b.node.progress.wait_for(lambda p: p.caught_up and p.last_replayed_seq == 21)
+        async with await Client.connect(nats_server.url, "kv") as client:
+            await client.submit("Put", 1, put("later", "v"))
+        await b.node.progress.wait_for(lambda p: p.last_replayed_seq == 22, timeout=10)
+    assert gc.get_freeze_count() > 0
+    assert [m.rsplit("node=", 1)[1] for m in logs.seen("heap frozen")] == ["b"]
 
 
 async def test_a_submission_with_invalid_utf8_is_a_bad_request(

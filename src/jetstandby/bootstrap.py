@@ -10,7 +10,6 @@ that the stream's retention limits removed commands it still needed.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from jetstandby.config import JournalSettings, SnapshotSettings
 from jetstandby.errors import HistoryLost
 from jetstandby.journal.stream import NatsClient, stream_info
 from jetstandby.snapshots import SnapshotMeta, SnapshotStore, choose, describe
+from jetstandby.snapshots.capturing import capture
 from jetstandby.state import ReplicatedState
 
 logger = logging.getLogger(__name__)
@@ -173,48 +173,42 @@ class Snapshotter:
         """Capture and store one; raises what the store raises (and remembers it)."""
         async with self._lock:
             state, stream_seq = position()
+            seq, epoch = state.last_seq, state.epoch
             started = time.monotonic()
             try:
-                # Only this part stops replay; encoding and hashing run in a thread.
-                encode, digest = state.freeze(), state.digest().hex()
-                frozen = time.monotonic()
-                describe_ = functools.partial(
+                # Only part of this stops replay: see jetstandby.snapshots.capturing.
+                captured = await capture(state, self._settings.capture)
+                meta = await asyncio.to_thread(
                     describe,
+                    captured.data,
                     engine_name=state.name,
                     engine_version=state.version,
-                    digest=digest,
+                    digest=captured.digest,
                     settings=self._journal,
-                    seq=state.last_seq,
+                    seq=seq,
                     stream_seq=stream_seq,
-                    epoch=state.epoch,
+                    epoch=epoch,
                     node_id=self._node_id,
                     stream_created=self.stream_created,
                 )
-                data, meta = await asyncio.to_thread(_encoded, encode, describe_)
-                captured = time.monotonic()
-                stored = await self.store.put(data, meta)
+                encoded = time.monotonic()
+                stored = await self.store.put(captured.data, meta)
             except Exception as exc:
-                self.last_error = f"snapshot at seq {state.last_seq} failed: {exc!r}"
+                self.last_error = f"snapshot at seq {seq} failed: {exc!r}"
                 raise
             self._since = (meta.seq, time.monotonic())
             self.taken += 1
             self.last, self.last_error = stored, None
             logger.info(
-                "snapshot %s stored: seq %d, stream seq %d, %d bytes; replay paused %.1f ms, "
-                "encode %.1f ms, store %.1f ms",
+                "snapshot %s stored: seq %d, stream seq %d, %d bytes; replay paused %.1f ms "
+                "(%s), capture %.1f ms, store %.1f ms",
                 stored.name,
                 stored.seq,
                 stored.stream_seq,
                 stored.size,
-                (frozen - started) * 1000,
-                (captured - frozen) * 1000,
-                (time.monotonic() - captured) * 1000,
+                captured.paused_s * 1000,
+                self._settings.capture,
+                (encoded - started) * 1000,
+                (time.monotonic() - encoded) * 1000,
             )
             return stored
-
-
-def _encoded(
-    encode: Callable[[], bytes], describe_: Callable[[bytes], SnapshotMeta]
-) -> tuple[bytes, SnapshotMeta]:
-    data = encode()
-    return data, describe_(data)

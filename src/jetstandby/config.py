@@ -6,10 +6,11 @@ Durations are float seconds unless the unit is in the name.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from jetstandby.errors import ConfigError
 from jetstandby.wire import check_journal_name, journal_subject, stream_name
@@ -152,7 +153,10 @@ class SnapshotSettings:
     the newest verified snapshot (else replay from command 1). ``retention_warn_fraction``:
     warn when the commands a standby still needs are within this fraction of a
     limit-bounded stream's start. ``bootstrap_retry``: how often a node that cannot prove a
-    state to start from looks again for a usable snapshot.
+    state to start from looks again for a usable snapshot. ``capture``: ``fork`` encodes the
+    snapshot in a forked child, so that replay stops only for the fork; ``thread`` freezes
+    the state on the event loop and encodes it in a thread (see
+    :mod:`jetstandby.snapshots.capturing`).
     """
 
     enabled: bool = True
@@ -162,8 +166,16 @@ class SnapshotSettings:
     bootstrap: bool = True
     retention_warn_fraction: float = 0.2
     bootstrap_retry: float = 5.0
+    capture: Literal["fork", "thread"] = "fork" if hasattr(os, "fork") else "thread"
 
     def __post_init__(self) -> None:
+        if self.capture not in ("fork", "thread") or (
+            self.capture == "fork" and not hasattr(os, "fork")
+        ):
+            raise ConfigError(
+                "snapshot_capture",
+                f"must be 'fork' (where the OS can fork) or 'thread', got {self.capture!r}",
+            )
         for name in ("every_commands", "keep"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (1 if name == "keep" else 0):
@@ -197,6 +209,10 @@ class NodeSettings:
     promote_attempts: int = 5
     #: As primary, journal a digest checkpoint after every this many commands (0: never).
     checkpoint_every: int = 10_000
+    #: Once the state is built (caught up, or primary), move every live object out of the
+    #: garbage collector's full collections (:mod:`jetstandby.heap`): they walked the whole
+    #: process and stopped replay for tens of milliseconds each.
+    freeze_heap: bool = True
 
     def __post_init__(self) -> None:
         if not _NODE_ID.match(self.node_id):

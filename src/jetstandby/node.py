@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import msgspec
 
-from jetstandby import wire
+from jetstandby import heap, wire
 from jetstandby.bootstrap import RetentionWatch, Snapshotter, Start, find_start, stream_bounds
 from jetstandby.config import NodeSettings
 from jetstandby.engine import Engine
@@ -93,6 +93,7 @@ class Node:
         self._snapshotter: Snapshotter | None = None
         self._start: Start | None = None
         self._retention = RetentionWatch(settings.snapshots.retention_warn_fraction)
+        self._heap_due = False  # freeze the adopted state once it is built (see _tick)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -222,6 +223,7 @@ class Node:
         if self._start is not None or start.snapshot is not None:
             self.state = start.state
         self._start = start
+        self._heap_due = self.settings.freeze_heap
         self.progress.set_replay_cursor(start.stream_seq)
         if self._snapshotter is not None:
             self._snapshotter.restart_count(start.state.last_seq)
@@ -668,10 +670,12 @@ class Node:
         return round(max(0.0, p.last_replay_unix_ms - p.last_timestamp_ns / 1e6), 3)
 
     async def _tick(self) -> None:
-        """Apply rate and time lag: the age of the oldest command not yet applied."""
+        """Apply rate and time lag: the age of the oldest command not yet applied; and the
+        heap freeze once the adopted state is built."""
         last_count, last_time = self.progress.commands_replayed, time.monotonic()
         while True:
             await asyncio.sleep(TICK)
+            self._freeze_heap_once_built()
             now = time.monotonic()
             count = self.progress.commands_replayed
             rate = (count - last_count) / max(now - last_time, 1e-9)
@@ -696,6 +700,21 @@ class Node:
                     logger.warning("periodic snapshot failed: %s", exc)
                 except Exception:  # the engine's snapshot() raised: a bug, but not a halt
                     logger.exception("periodic snapshot failed; the engine raised")
+
+    def _freeze_heap_once_built(self) -> None:
+        """Freeze the heap (:mod:`jetstandby.heap`) once per adopted state, when it is
+        built: caught up as a healthy standby, or serving as primary."""
+        built = self.role is Role.PRIMARY or (
+            self.role is Role.STANDBY and self.progress.caught_up and self.progress.error is None
+        )
+        if self._heap_due and built:
+            self._heap_due = False
+            frozen = heap.freeze_long_lived()
+            logger.info(
+                "heap frozen: %d long-lived objects left out of full collections node=%s",
+                frozen,
+                self.settings.node_id,
+            )
 
     def _snapshot_due(self) -> bool:
         return (

@@ -45,6 +45,8 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     snapshot_every_commands: int = 100_000
     snapshot_every_seconds: float = 600.0
     snapshot_keep: int = 3
+    snapshot_capture: Literal["fork", "thread"] = "fork"
+    freeze_heap: bool = True
 
     def admin_address(self) -> tuple[str, int]:
         host, sep, port = self.admin.rpartition(":")
@@ -67,9 +69,11 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
                 every_commands=self.snapshot_every_commands,
                 every_seconds=self.snapshot_every_seconds,
                 keep=self.snapshot_keep,
+                capture=self.snapshot_capture,
             ),
             max_promote_lag=self.max_promote_lag,
             checkpoint_every=self.checkpoint_every,
+            freeze_heap=self.freeze_heap,
         )
 
 

@@ -1,0 +1,128 @@
+"""Capturing a standby's state for a snapshot while replay goes on.
+
+Two ways, chosen by :attr:`SnapshotSettings.capture <jetstandby.config.SnapshotSettings>`:
+
+``fork`` (the default where :func:`os.fork` exists), as Redis' ``BGSAVE``: the node forks,
+and the child, holding a copy-on-write image of the whole process as of that instant,
+encodes the state and its digest, writes them to a pipe and leaves with :func:`os._exit`.
+Replay stops only for the fork itself (about 6 ms for a 100 MB process). The child runs on
+another core, so its encoding competes neither for the event loop nor for the parent's GIL.
+
+``thread``: replay stops while the state is frozen (the engine's ``snapshot()``, the digest
+and a copy of the exactly-once record), and the encoding runs in a thread. msgspec holds the
+GIL while it encodes, so replay still waits for most of that too: with 100,000 remembered
+requests, about 60 ms of freeze plus 55 ms of encoding on the reference machine.
+
+The child touches nothing the parent owns: no event loop, no socket, no logging; any
+failure in it comes back over the pipe as text, and a child that dies without writing all it
+announced is a failed capture, never a short snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+import struct
+import time
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from jetstandby.errors import SnapshotError
+from jetstandby.snapshots.meta import Refusal
+from jetstandby.state import ReplicatedState
+
+#: status (0 ok, 1 failed), then the digest's (or the error's) length, then the data's.
+_HEADER: Final = struct.Struct(">BIQ")
+_READ_SIZE: Final = 1 << 20
+
+Capture = Literal["fork", "thread"]
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    """A state's snapshot bytes and engine digest (hex), and how long replay was stopped."""
+
+    data: bytes
+    digest: str
+    paused_s: float
+
+
+async def capture(state: ReplicatedState, how: Capture) -> Captured:
+    """The snapshot of ``state`` as it stands now. Call with no await between reading the
+    state's position and this: the capture is of the state at the moment of the call."""
+    if how == "fork":
+        return await _in_child(state)
+    started = time.monotonic()
+    encode, digest = state.freeze(), state.digest().hex()
+    paused = time.monotonic() - started
+    return Captured(await asyncio.to_thread(encode), digest, paused)
+
+
+async def _in_child(state: ReplicatedState) -> Captured:
+    read_fd, write_fd = os.pipe()
+    started = time.monotonic()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise
+    if pid == 0:  # the child: never returns
+        _child(state, read_fd, write_fd)
+    paused = time.monotonic() - started
+    os.close(write_fd)
+    # One thread owns the pipe and the child from here on: it reads to the end and reaps,
+    # even if this coroutine is cancelled meanwhile.
+    raw, status = await asyncio.to_thread(_read_and_reap, read_fd, pid)
+    data, digest = _parse(raw, status)
+    return Captured(data, digest, paused)
+
+
+def _child(state: ReplicatedState, read_fd: int, write_fd: int) -> None:
+    """Encode, write, exit. ``os._exit`` in every case: the parent's event loop, its
+    ``finally`` blocks and its ``atexit`` hooks must never run in here."""
+    try:
+        os.close(read_fd)
+        signal.set_wakeup_fd(-1)  # a signal to the child must not wake the parent's loop
+        gc.disable()  # collections would only touch (and so copy) the parent's pages
+        try:
+            data = state.snapshot()
+            text = state.digest().hex().encode()
+            parts = [_HEADER.pack(0, len(text), len(data)), text, data]
+        except BaseException as exc:  # reported to the parent as text
+            text = repr(exc).encode()
+            parts = [_HEADER.pack(1, len(text), 0), text]
+        with open(write_fd, "wb") as out:
+            for part in parts:
+                out.write(part)
+    finally:
+        os._exit(0)
+
+
+def _read_and_reap(read_fd: int, pid: int) -> tuple[bytes, int]:
+    chunks = []
+    with open(read_fd, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(_READ_SIZE):
+            chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    return b"".join(chunks), status
+
+
+def _parse(raw: bytes, status: int) -> tuple[bytes, str]:
+    def failed(problem: str) -> SnapshotError:
+        return SnapshotError(
+            f"snapshot capture in a child process {problem}", reason=Refusal.CAPTURE
+        )
+
+    if len(raw) < _HEADER.size:
+        raise failed(f"ended before its header (exit status {status:#x})")
+    code, text_len, data_len = _HEADER.unpack_from(raw)
+    text = raw[_HEADER.size : _HEADER.size + text_len].decode(errors="replace")
+    if code != 0:
+        raise failed(f"failed: the engine raised {text}")
+    data = raw[_HEADER.size + text_len :]
+    if len(data) != data_len or status != 0:
+        raise failed(f"wrote {len(data)} of {data_len} bytes (exit status {status:#x})")
+    return data, text

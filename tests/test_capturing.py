@@ -1,0 +1,71 @@
+"""Snapshot capture (jetstandby.snapshots.capturing): in a forked child or in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from jetstandby import wire
+from jetstandby.engines.kv import KeyValueEngine, put
+from jetstandby.errors import SnapshotError
+from jetstandby.snapshots.capturing import Capture, capture
+from jetstandby.state import ReplicatedState, marker_envelope
+
+HOW: tuple[Capture, ...] = ("fork", "thread")
+
+
+def command(seq: int) -> wire.Envelope:
+    return wire.Envelope(1, seq, 1, 1000 + seq, "Put", 1, put(f"k{seq}", "v"), f"r{seq}")
+
+
+def state_through(seq: int, engine: KeyValueEngine | None = None) -> ReplicatedState:
+    state = ReplicatedState(engine or KeyValueEngine())
+    state.apply(marker_envelope(seq=1, epoch=1, node="a", timestamp_ns=0))
+    for n in range(2, seq + 1):
+        state.apply(command(n))
+    return state
+
+
+@pytest.mark.parametrize("how", HOW)
+async def test_a_capture_is_of_the_state_when_it_was_called(how: Capture) -> None:
+    """Replay goes on while the capture is encoded: commands applied meanwhile are not in it."""
+    state = state_through(500)
+    expected, digest = state.snapshot(), state.digest().hex()
+    task = asyncio.create_task(capture(state, how))
+    await asyncio.sleep(0)  # the task runs up to its first await: forked, or frozen
+    for n in range(501, 600):
+        state.apply(command(n))
+    captured = await task
+    assert captured.data == expected and captured.digest == digest
+    assert captured.data != state.snapshot()
+    restored = ReplicatedState(KeyValueEngine())
+    restored.restore(captured.data)
+    assert restored.last_seq == 500 and restored.digest().hex() == digest
+    assert captured.paused_s >= 0
+
+
+class Unsnapshottable(KeyValueEngine):
+    def snapshot(self) -> bytes:
+        raise RuntimeError("no snapshot today")
+
+
+class DiesInSnapshot(KeyValueEngine):
+    """An engine that kills the process taking its snapshot: in the fork, the child."""
+
+    def snapshot(self) -> bytes:
+        os._exit(3)
+
+
+async def test_an_engine_failing_in_the_child_is_a_capture_error_naming_it() -> None:
+    with pytest.raises(SnapshotError, match="no snapshot today") as info:
+        await capture(state_through(5, Unsnapshottable()), "fork")
+    assert info.value.reason == "capture"
+
+
+async def test_a_child_that_dies_is_a_failed_capture_never_a_short_snapshot() -> None:
+    with pytest.raises(SnapshotError, match="exit status 0x300") as info:
+        await capture(state_through(5, DiesInSnapshot()), "fork")
+    assert info.value.reason == "capture"
+
