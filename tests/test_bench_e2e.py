@@ -6,11 +6,13 @@ benchmark itself (its exit status), never in tests.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
 from jetstandby_bench.e2e_load import MASS_CANCEL_EVERY, bounded_orders
@@ -42,6 +44,12 @@ def test_e2e_reports_every_figure(tmp_path: Path) -> None:
         assert level["not_applied"] == 0
         assert level["failed"] == 0
         assert 0 <= level["latency_ms"]["p50"] <= level["latency_ms"]["p99.9"]
+        assert set(level["run_queue_wait_ms_per_s"]) == {"primary", "standby", "nats-server1"}
+        assert all(level["cpu_cores"][node] > 0 for node in ("primary", "standby"))
+        for node in ("primary", "standby"):  # gc.callbacks saw every collection in the window
+            gc = level["gc"][node]
+            assert gc["count"] > 0 and gc["count"] >= gc["full"]
+            assert 0 < gc["max_ms"] <= gc["total_ms"]
     failover = result["failover"]
     assert failover["count"] == 1 and failover["lost_first_ack"] == 0
     assert 0 < failover["promote_ms"]["p50"] <= failover["total_ms"]["p50"]
@@ -58,11 +66,14 @@ def test_e2e_reports_every_figure(tmp_path: Path) -> None:
     assert (Path(result["report"]) / "chart.png").stat().st_size > 10_000
 
 
-def test_the_mix_cancels_every_account_regularly() -> None:
+def test_the_mix_cancels_every_account_regularly_one_at_a_time() -> None:
     commands = list(bounded_orders(1, 2 * MASS_CANCEL_EVERY))
     assert len(commands) == 2 * MASS_CANCEL_EVERY
     mass = [i for i, (ctype, _, _) in enumerate(commands) if ctype == "MassCancel"]
     assert len(mass) == 32 and mass[-1] == len(commands) - 1
+    assert {b - a for a, b in itertools.pairwise(mass)} == {MASS_CANCEL_EVERY // 16}
+    accounts = [msgspec.msgpack.decode(commands[i][2])["account"] for i in mass]
+    assert accounts[:16] == accounts[16:] and len(set(accounts)) == 16
 
 
 def test_lag_is_from_the_acknowledgement_to_the_apply() -> None:

@@ -11,6 +11,8 @@ switched by environment variables (no change to ``src/``):
 - ``JSB_E2E_RSS_LOG=path``: every ``JSB_E2E_RSS_EVERY`` applies, note ``(applies, time, RSS)``
   of this process; written to ``path`` at exit, and as soon as ``JSB_E2E_EXPECT`` commands
   have been applied (so the bench learns replay finished without polling the node);
+- ``JSB_E2E_GC_LOG=path``: record ``(generation, end time, duration)`` of every garbage
+  collection in this process (``gc.callbacks``), written to ``path`` at exit;
 - ``JSB_E2E_PROFILE=path``: run the process under cProfile and dump the stats at exit.
 
 Files are written to ``path + ".tmp"`` and renamed, so a reader never sees half of one.
@@ -19,6 +21,7 @@ Files are written to ``path + ".tmp"`` and renamed, so a reader never sees half 
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import time
 from array import array
@@ -28,6 +31,7 @@ from jetstandby.engine import Command
 from jetstandby.engines.orderbook import OrderBookEngine
 
 APPLY_COLUMNS: Final = 3  # seq, apply time (ns), the primary's stamp (ns)
+GC_COLUMNS: Final = 3  # generation, end time (ns), duration (ns)
 RSS_COLUMNS: Final = 3  # applies, time (ns), RSS (bytes)
 DEFAULT_CAP: Final = 1_000_000
 _PAGE: Final = os.sysconf("SC_PAGE_SIZE")
@@ -65,6 +69,11 @@ class _Recorder:
         self.rows = array("q", bytes(8 * APPLY_COLUMNS * self.cap))
         self.rss = array("q")
         self.note_rss()
+        self.gc_log = os.environ.get("JSB_E2E_GC_LOG")
+        self.collections = array("q")
+        self._gc_started = 0
+        if self.gc_log:
+            gc.callbacks.append(self._on_gc)
         profile_path = os.environ.get("JSB_E2E_PROFILE")
         if profile_path:
             import cProfile
@@ -87,6 +96,13 @@ class _Recorder:
             if n + 1 == self.expect:
                 self.dump()
 
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter_ns()
+        else:
+            duration = time.perf_counter_ns() - self._gc_started
+            self.collections.extend((info["generation"], time.time_ns(), duration))
+
     def note_rss(self) -> None:
         self.rss.extend((self.applies, time.time_ns(), rss_bytes()))
 
@@ -97,6 +113,8 @@ class _Recorder:
             write_atomically(self.apply_log, self.rows[:used].tobytes())
         if self.rss_log:
             write_atomically(self.rss_log, self.rss.tobytes())
+        if self.gc_log:
+            write_atomically(self.gc_log, self.collections.tobytes())
 
 
 _recorder: _Recorder | None = None

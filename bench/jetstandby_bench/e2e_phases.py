@@ -160,19 +160,57 @@ async def max_throughput(
     }
 
 
+@dataclass
+class Offered:
+    """What one open-loop level measured: the load processes' rows ``(seq, due, acked)``,
+    their failures and retried acknowledgements (a retry after the client's per-try timeout
+    adds load just when the primary is slow), the window it ran in (``time.time_ns()``), and
+    the cores each node used and how many milliseconds per second it waited for one."""
+
+    rows: np.ndarray[Any, Any]
+    failed: int
+    retried: int
+    window_ns: tuple[int, int]
+    cores: dict[str, float]
+    waited: dict[str, float]
+
+
 async def offered_load(
-    setup: Setup, journal: str, shape: LoadShape, rate: float, duration: float, tag: str
-) -> tuple[np.ndarray[Any, Any], int, int]:
-    """Open-loop load at ``rate`` per second for ``duration``: the rows, the failures and the
-    acknowledgements that took more than one try (a retry after the client's per-try timeout
-    adds load just when the primary is slow)."""
+    setup: Setup,
+    journal: str,
+    shape: LoadShape,
+    rate: float,
+    duration: float,
+    tag: str,
+    nodes: dict[str, int | None],
+) -> Offered:
+    """Open-loop load at ``rate`` per second for ``duration``; ``nodes`` are metered."""
     procs = await loads(
         setup, journal, shape, tag,
         "--mode", "open", "--rate", str(rate / shape.client_procs), "--duration", str(duration),
     )  # fmt: skip
+    meter = CpuMeter(nodes)
+    meter.start()
+    started = time.time_ns()
     rows = await run_loads(procs)
+    window = (started, time.time_ns())
+    cores = meter.stop()
+    failed = sum(load.summary["failed"] for load in procs)
     retried = sum(load.summary["retried"] for load in procs)
-    return rows, sum(load.summary["failed"] for load in procs), retried
+    return Offered(rows, failed, retried, window, cores, meter.waited)
+
+
+def collections(log: Any, window_ns: tuple[int, int]) -> dict[str, float]:
+    """A node's garbage collections that ended within ``window_ns``: how many, their total
+    and longest pause (ms), and how many were full (generation 2)."""
+    inside = log[(log[:, 1] >= window_ns[0]) & (log[:, 1] < window_ns[1])]
+    pauses = inside[:, 2] / 1e6
+    return {
+        "count": len(inside),
+        "full": int((inside[:, 0] == 2).sum()),
+        "total_ms": round(float(pauses.sum()), 1),
+        "max_ms": round(float(pauses.max(initial=0)), 1),
+    }
 
 
 def lag_level(
@@ -220,8 +258,16 @@ async def throughput_and_lag(
 ) -> dict[str, Any]:
     journal = f"e2e_{setup.name}"
     apply_log = setup.workdir / f"{journal}.applies"
+    gc_logs = {role: setup.workdir / f"{journal}_{role}.gc" for role in ("primary", "standby")}
     recording = {"JSB_E2E_APPLY_LOG": str(apply_log), "JSB_E2E_APPLY_CAP": "3000000"}
-    primary, standby = await pair(setup, journal, standby_env=recording)
+    primary, standby = await pair(
+        setup,
+        journal,
+        standby_env={**recording, "JSB_E2E_GC_LOG": str(gc_logs["standby"])},
+        primary_env={"JSB_E2E_GC_LOG": str(gc_logs["primary"])},
+    )
+    nodes: dict[str, int | None] = {"primary": primary.proc.pid, "standby": standby.proc.pid}
+    nodes.update({f"nats-server{i + 1}": pid for i, pid in enumerate(setup.server_pids)})
     try:
         result = await max_throughput(
             setup, journal, shape, primary, standby, warmup=warmup, duration=duration
@@ -229,19 +275,25 @@ async def throughput_and_lag(
         levels = []
         for fraction in fractions:
             rate = fraction * result["max_throughput"]
-            rows, failed, retried = await offered_load(
-                setup, journal, shape, rate, lag_duration, f"lag{int(fraction * 100)}_"
-            )
-            levels.append((fraction, rate, rows, failed, retried))
+            tag = f"lag{int(fraction * 100)}_"
+            offered = await offered_load(setup, journal, shape, rate, lag_duration, tag, nodes)
+            levels.append((fraction, rate, offered))
         tail = (await primary.status())["last_applied_seq"]
         await standby.wait_status(lambda s: s["last_applied_seq"] >= tail, 60)
     finally:
         await stop_node(standby)  # it writes its apply log as it exits
         await stop_node(primary)
     applies = read_rows(apply_log, 3)
+    gcs = {role: read_rows(path, 3) for role, path in gc_logs.items()}
     result["levels"] = [
-        {**lag_level(fraction, rate, lag_duration, rows, failed, applies), "retried": retried}
-        for fraction, rate, rows, failed, retried in levels
+        {
+            **lag_level(fraction, rate, lag_duration, o.rows, o.failed, applies),
+            "retried": o.retried,
+            "cpu_cores": o.cores,
+            "run_queue_wait_ms_per_s": o.waited,
+            "gc": {role: collections(log, o.window_ns) for role, log in gcs.items()},
+        }
+        for fraction, rate, o in levels
     ]
     return result
 

@@ -31,6 +31,25 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
+def run_queue_seconds(pid: int | None) -> float:
+    """Seconds the threads of a process have spent runnable but waiting for a core
+    (``/proc/<pid>/task/*/schedstat``, second field; 0 if it is gone)."""
+    if pid is None:
+        return 0.0
+    waited = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat", "rb") as stat:
+                waited += int(stat.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return waited / 1e9
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores of this machine spent busy since boot (not idle, not iowait)."""
     with open("/proc/stat", "rb") as stat:
@@ -41,16 +60,20 @@ def machine_busy_seconds() -> float:
 class CpuMeter:
     """CPU used by named processes between :meth:`start` and :meth:`stop`, and by the whole
     machine (``machine``; ``others`` is what processes not named here used: on a shared
-    machine, the share this run did not get)."""
+    machine, the share this run did not get). :attr:`waited` is, per process, the
+    milliseconds per second it was ready to run but waited for a core."""
 
     def __init__(self, pids: dict[str, int | None]) -> None:
         self.pids = pids
         self._before: dict[str, float] = {}
+        self._waits: dict[str, float] = {}
         self._wall = 0.0
+        self.waited: dict[str, float] = {}
 
     def start(self) -> None:
         self._before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         self._before["machine"] = machine_busy_seconds()
+        self._waits = {name: run_queue_seconds(pid) for name, pid in self.pids.items()}
         self._wall = asyncio.get_running_loop().time()
 
     def stop(self) -> dict[str, float]:
@@ -61,6 +84,10 @@ class CpuMeter:
             for name, pid in self.pids.items()
         }
         machine = round((machine_busy_seconds() - self._before["machine"]) / wall, 2)
+        self.waited = {
+            name: round((run_queue_seconds(pid) - self._waits[name]) / wall * 1000, 1)
+            for name, pid in self.pids.items()
+        }
         return {**used, "machine": machine, "others": round(machine - sum(used.values()), 2)}
 
 

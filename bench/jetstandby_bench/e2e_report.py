@@ -28,7 +28,8 @@ def show(full: dict[str, Any], *, as_json: bool) -> None:
         json.dump(full, sys.stdout)
         sys.stdout.write("\n")
         return
-    for table in (throughput_table(full), load_table(full), failover_table(full)):
+    tables = (throughput_table, load_table, nodes_table, failover_table)
+    for table in (make(full) for make in tables):
         if table is not None:
             _out.print(table)
     if "memory" in full:
@@ -88,6 +89,29 @@ def load_table(full: dict[str, Any]) -> Table:
                 f"{lag['max']:.2f}", f"{level['lag_negative_share']:.0%}",
                 f"{level['stamp_to_apply_ms']['p99']:.2f}",
             )  # fmt: skip
+    return table
+
+
+def nodes_table(full: dict[str, Any]) -> Table:
+    """Per load level: the cores each node used, the milliseconds per second it was ready to
+    run but waited for a core, and its garbage collections (count, full ones, longest)."""
+    table = Table(title="the nodes at each load: CPU, waiting for a core, garbage collections")
+    for column in (
+        "setup", "load", "standby cores", "waited ms/s", "GC n / full / max ms",
+        "primary cores", "waited ms/s", "GC n / full / max ms",
+    ):  # fmt: skip
+        table.add_column(column, justify="left" if column == "setup" else "right")
+    for key in ("single", "cluster"):
+        for level in full.get(key, {}).get("levels", []):
+            cells = [key, f"{level['load']:.0%}"]
+            for role in ("standby", "primary"):
+                gc = level["gc"][role]
+                cells += [
+                    f"{level['cpu_cores'][role]:.2f}",
+                    f"{level['run_queue_wait_ms_per_s'][role]:.0f}",
+                    f"{gc['count']} / {gc['full']} / {gc['max_ms']:.1f}",
+                ]
+            table.add_row(*cells)
     return table
 
 
