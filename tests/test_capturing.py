@@ -10,6 +10,7 @@ import pytest
 from jetstandby import wire
 from jetstandby.engines.kv import KeyValueEngine, put
 from jetstandby.errors import SnapshotError
+from jetstandby.snapshots import capturing
 from jetstandby.snapshots.capturing import Capture, capture
 from jetstandby.state import ReplicatedState, marker_envelope
 
@@ -69,3 +70,18 @@ async def test_a_child_that_dies_is_a_failed_capture_never_a_short_snapshot() ->
         await capture(state_through(5, DiesInSnapshot()), "fork")
     assert info.value.reason == "capture"
 
+
+@pytest.mark.parametrize(
+    ("data", "status", "needle"),
+    [
+        (b"short", 0, "wrote 5 of 10 bytes"),  # the child died while writing
+        (b"0123456789", 9, "exit status 0x9"),  # all there, but the child did not exit 0
+    ],
+)
+def test_what_the_child_announced_is_what_a_capture_needs(
+    data: bytes, status: int, needle: str
+) -> None:
+    head = capturing._HEADER.pack(0, 4, 10) + b"beef"
+    assert capturing._check(head, b"0123456789", 0) == "beef"
+    with pytest.raises(SnapshotError, match=needle):
+        capturing._check(head, data, status)

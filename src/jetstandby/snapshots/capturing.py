@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import os
 import signal
 import struct
@@ -35,7 +36,6 @@ from jetstandby.state import ReplicatedState
 
 #: status (0 ok, 1 failed), then the digest's (or the error's) length, then the data's.
 _HEADER: Final = struct.Struct(">BIQ")
-_READ_SIZE: Final = 1 << 20
 
 Capture = Literal["fork", "thread"]
 
@@ -75,9 +75,8 @@ async def _in_child(state: ReplicatedState) -> Captured:
     os.close(write_fd)
     # One thread owns the pipe and the child from here on: it reads to the end and reaps,
     # even if this coroutine is cancelled meanwhile.
-    raw, status = await asyncio.to_thread(_read_and_reap, read_fd, pid)
-    data, digest = _parse(raw, status)
-    return Captured(data, digest, paused)
+    head, data, status = await asyncio.to_thread(_read_and_reap, read_fd, pid)
+    return Captured(data, _check(head, data, status), paused)
 
 
 def _child(state: ReplicatedState, read_fd: int, write_fd: int) -> None:
@@ -101,28 +100,42 @@ def _child(state: ReplicatedState, read_fd: int, write_fd: int) -> None:
         os._exit(0)
 
 
-def _read_and_reap(read_fd: int, pid: int) -> tuple[bytes, int]:
-    chunks = []
+def _read_and_reap(read_fd: int, pid: int) -> tuple[bytes, bytes, int]:
+    """The child's header and text, its data, and its exit status. The data is read to the
+    end of the pipe into one growing buffer (no list of chunks to join: a 16 MB snapshot
+    costs one buffer, not two), so the child never blocks on a full pipe before the reap."""
     with open(read_fd, "rb", buffering=0) as pipe:
-        while chunk := pipe.read(_READ_SIZE):
-            chunks.append(chunk)
+        head = _read_exactly(pipe, _HEADER.size)
+        if len(head) == _HEADER.size:
+            head += _read_exactly(pipe, _HEADER.unpack(head)[1])
+        data = pipe.readall()
     _, status = os.waitpid(pid, 0)
-    return b"".join(chunks), status
+    return head, data, status
 
 
-def _parse(raw: bytes, status: int) -> tuple[bytes, str]:
+def _read_exactly(pipe: io.RawIOBase, size: int) -> bytes:
+    """``size`` bytes, or fewer at the end of the pipe (a pipe read may return less)."""
+    parts = []
+    while size > 0 and (part := pipe.read(size)):
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
+
+
+def _check(head: bytes, data: bytes, status: int) -> str:
+    """The digest the child sent, or :class:`SnapshotError` if it failed or fell short."""
+
     def failed(problem: str) -> SnapshotError:
         return SnapshotError(
             f"snapshot capture in a child process {problem}", reason=Refusal.CAPTURE
         )
 
-    if len(raw) < _HEADER.size:
+    if len(head) < _HEADER.size:
         raise failed(f"ended before its header (exit status {status:#x})")
-    code, text_len, data_len = _HEADER.unpack_from(raw)
-    text = raw[_HEADER.size : _HEADER.size + text_len].decode(errors="replace")
+    code, _, data_len = _HEADER.unpack_from(head)
+    text = head[_HEADER.size :].decode(errors="replace")
     if code != 0:
         raise failed(f"failed: the engine raised {text}")
-    data = raw[_HEADER.size + text_len :]
     if len(data) != data_len or status != 0:
         raise failed(f"wrote {len(data)} of {data_len} bytes (exit status {status:#x})")
-    return data, text
+    return text
