@@ -15,6 +15,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from jetstandby_bench.e2e import lag_cause
 from jetstandby_bench.e2e_load import MASS_CANCEL_EVERY, bounded_orders
 from jetstandby_bench.e2e_phases import lag_level
 
@@ -85,3 +86,17 @@ def test_lag_is_from_the_acknowledgement_to_the_apply() -> None:
     assert level["lag_min_ms"] == -1.0
     assert level["lag_negative_share"] == 0.5
     assert level["stamp_to_apply_ms"]["max"] == 13.0
+
+
+def test_a_missed_lag_target_names_the_standby_s_waits_and_pauses() -> None:
+    level = {
+        "load": 0.5,
+        "cpu_cores": {"primary": 0.5, "standby": 0.28, "machine": 1.91, "others": 0.7},
+        "run_queue_wait_ms_per_s": {"primary": 405.5, "standby": 306.1, "nats-server1": 1111.4},
+        "gc": {"standby": {"count": 42, "full": 0, "total_ms": 71.3, "max_ms": 13.5}},
+    }
+    cause = lag_cause(level, 2)
+    assert "1.91 of 2 cores busy" in cause
+    assert "0.28 of a core" in cause and "306 ms in every second" in cause
+    assert "primary 406, nats-server1 1111" in cause
+    assert "13.5 ms at most (42 collections, 0 full)" in cause

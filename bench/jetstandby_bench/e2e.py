@@ -165,14 +165,35 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     top["targets"] = targets
     if "profile" in result and not targets["ratio_vs_no_replication"]["met"]:
         top["bottleneck"] = bottleneck(result)
+    half = _level_at(single, 0.5)
+    if half is not None and not targets["lag_p99_ms_at_50pct"]["met"]:
+        top["lag_cause"] = lag_cause(half, result["machine"]["cores"])
     return top
 
 
-def _lag_p99_at(phase: dict[str, Any], fraction: float) -> float | None:
+def _level_at(phase: dict[str, Any], fraction: float) -> dict[str, Any] | None:
     for level in phase["levels"]:
         if abs(level["load"] - fraction) < 1e-9:
-            return float(level["lag_ms"]["p99"])
+            return level  # type: ignore[no-any-return]
     return None
+
+
+def _lag_p99_at(phase: dict[str, Any], fraction: float) -> float | None:
+    level = _level_at(phase, fraction)
+    return None if level is None else float(level["lag_ms"]["p99"])
+
+
+def lag_cause(level: dict[str, Any], cores: int) -> str:
+    """What the standby was doing at this load, from the run queue and its collections."""
+    cpu, waited, gc = level["cpu_cores"], level["run_queue_wait_ms_per_s"], level["gc"]
+    nodes = ", ".join(f"{name} {ms:.0f}" for name, ms in waited.items() if name != "standby")
+    return (
+        f"At {level['load']:.0%} load the machine was {cpu['machine']:.2f} of {cores} cores "
+        f"busy. The standby used {cpu['standby']:.2f} of a core and was ready to run but "
+        f"waiting for one {waited['standby']:.0f} ms in every second (ms/s for the others: "
+        f"{nodes}). Its garbage collections paused it for {gc['standby']['max_ms']:.1f} ms at "
+        f"most ({gc['standby']['count']} collections, {gc['standby']['full']} full)."
+    )
 
 
 def bottleneck(result: dict[str, Any]) -> str:
@@ -233,5 +254,6 @@ def _settings(bench: E2EBench) -> dict[str, Any]:
         "memory_count": bench.memory_count,
         "baseline_count": bench.baseline_count,
         "mix": "order book: 60% place, 30% cancel, 10% replace on 4 instruments, plus a mass "
-        "cancel of each of the 16 accounts every 20,000 commands (bounded books)",
+        "cancel of one of the 16 accounts every 1,250 commands, in turn, so that each account "
+        "cancels everything every 20,000 commands (bounded books)",
     }

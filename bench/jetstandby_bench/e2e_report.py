@@ -42,6 +42,8 @@ def show(full: dict[str, Any], *, as_json: bool) -> None:
         _out.print(profile_table(full["profile"]))
     if "bottleneck" in full:
         _out.print(f"[bold]bottleneck:[/bold] {full['bottleneck']}")
+    if "lag_cause" in full:
+        _out.print(f"[bold]standby lag:[/bold] {full['lag_cause']}")
     for key, t in full["targets"].items():
         verdict = "met" if t["met"] else "[bold red]NOT met[/bold red]"
         _out.print(f"target {key} {t['op']} {t['target']}: {t['value']} ({verdict})")
