@@ -12,8 +12,10 @@ cursor reaches the stream's last seq (``progress.wait_for``, never a sleep).
    from ``Node.run`` to its cursor at ``count + 1`` (the marker and ``count`` commands).
 2. **Take**: ``Node.take_snapshot()`` on that standby, now at command ``count + 1``;
    Then its parts are timed alone on the same state: ``pause_s``, the part that stops
-   replay (``freeze()`` and the engine's digest, computed afresh); ``encode_s``, encoding
-   and SHA-256 (a thread does them in a node); ``store_s``, putting the same snapshot again.
+   replay (the fork, as a node captures by default); ``capture_s``, the whole capture in the
+   child (encode, digest, back through the pipe); ``thread_pause_s``, what would stop replay
+   with ``snapshot_capture = thread`` (``freeze()`` and the engine's digest, computed
+   afresh); ``store_s``, putting the same snapshot again.
    Then ``tail`` more commands are written, which the first standby follows.
 3. **Snapshot bootstrap**: another fresh standby, from ``Node.run`` to its cursor at the new
    end. It restores the snapshot and replays only the tail, so it catches up on ``tail``
@@ -62,6 +64,7 @@ from jetstandby.snapshots import (
     describe,
     restore_verified,
 )
+from jetstandby.snapshots.capturing import capture
 from jetstandby.state import ReplicatedState
 from jetstandby.status import Role
 from jetstandby_bench.common import embedded_server, machine, ratio
@@ -79,8 +82,9 @@ FIGURES: Final = (
     ("adopt_s", "  start → snapshot adopted"),
     ("tail_replay_s", "  tail replay"),
     ("take_s", "take_snapshot()"),
-    ("pause_s", "  replay paused for it (freeze + digest), alone"),
-    ("encode_s", "  encode + sha256 (in a thread), alone"),
+    ("pause_s", "  replay paused for it (the fork), alone"),
+    ("capture_s", "  capture in the child (encode, digest, pipe), alone"),
+    ("thread_pause_s", "  replay pause with snapshot_capture = thread, alone"),
     ("store_s", "  store (put again), alone"),
     ("restore_s", "restore: choose() alone"),
     ("fetch_s", "  SnapshotStore.get() alone"),
@@ -178,15 +182,17 @@ async def take(
     take_s = time.perf_counter() - started
     state = node.state
     started = time.perf_counter()
-    encode = state.freeze()
-    digest = state.engine.digest().hex()  # afresh: the state caches it
-    frozen = time.perf_counter()
-    data = encode()
+    captured = await capture(state, "fork")
+    capture_s = time.perf_counter() - started
+    started = time.perf_counter()
+    state.freeze()
+    state.engine.digest()  # afresh: the state caches it
+    thread_pause_s = time.perf_counter() - started
     again = describe(
-        data,
+        captured.data,
         engine_name=state.name,
         engine_version=state.version,
-        digest=digest,
+        digest=captured.digest,
         settings=journal,
         seq=state.last_seq,
         stream_seq=meta.stream_seq,
@@ -194,17 +200,17 @@ async def take(
         node_id=node.settings.node_id,
         stream_created=meta.stream_created,
     )
-    encoded = time.perf_counter()
     if (again.sha256, again.digest) != (meta.sha256, meta.digest):
         raise AssertionError("the state changed between the snapshot and its second capture")
     async with await SnapshotStore.open(nc, journal) as store:
         started_store = time.perf_counter()
-        await store.put(data, meta)  # the same snapshot again: it replaces itself
+        await store.put(captured.data, meta)  # the same snapshot again: it replaces itself
         store_s = time.perf_counter() - started_store
     return meta, {
         "take_s": take_s,
-        "pause_s": frozen - started,
-        "encode_s": encoded - frozen,
+        "pause_s": captured.paused_s,
+        "capture_s": capture_s,
+        "thread_pause_s": thread_pause_s,
         "store_s": store_s,
         "snapshot_bytes": meta.size,
     }
