@@ -22,6 +22,15 @@ class SlowKeyValue(KeyValueEngine):
         return super().apply(command)
 
 
+class CyclicKeyValue(KeyValueEngine):
+    """The kv engine in a reference cycle with itself, as engines with back-references
+    (an order to its book) or bound methods in a table are: only the collector frees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.me = self
+
+
 class ClockedKeyValue(KeyValueEngine):
     """A broken engine: every ``Add`` also records the wall clock, so replicas diverge."""
 

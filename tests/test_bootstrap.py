@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from jetstandby.node import Node
 from jetstandby.server import NatsServer
 from jetstandby.snapshots import SnapshotStore
 from jetstandby.status import Role
-from tests.engines import ClockedKeyValue, KeyValueV2
+from tests.engines import ClockedKeyValue, CyclicKeyValue, KeyValueV2
 from tests.support import watch_logs
 
 REPLAY = ReplaySettings(
@@ -186,12 +188,17 @@ async def test_a_standby_with_neither_command_1_nor_a_snapshot_halts_until_one_e
 async def test_a_standby_that_falls_off_a_bounded_stream_rebootstraps(
     start: Start, nats_server: NatsServer
 ) -> None:
+    """...and the state it leaves behind is freed, although c froze its heap (freeze_heap)
+    while it was caught up and its engine is in a reference cycle."""
     a = await start("a", primary=True, journal=BOUNDED)
     b = await start("b", journal=BOUNDED)
     async with TcpProxy("127.0.0.1", nats_server.port) as proxy:
-        c = await start("c", journal=BOUNDED, url=proxy.url)
-        await submit_many(nats_server.url, 20)
-        await caught_up(c, a.state.last_seq)
+        with watch_logs() as logs:
+            c = await start("c", journal=BOUNDED, url=proxy.url, engine=CyclicKeyValue)
+            await submit_many(nats_server.url, 20)
+            await caught_up(c, a.state.last_seq)
+            await logs.wait_for("full collections node=c")  # c froze its first state
+        left_behind = weakref.ref(c.state.engine)
         behind = c.state.last_seq
         proxy.cut()  # c hears nothing while the stream drops what it still needs
         await submit_many(nats_server.url, 600, first=20)
@@ -204,6 +211,8 @@ async def test_a_standby_that_falls_off_a_bounded_stream_rebootstraps(
     assert logs.seen("replay fell off the start of the stream")
     assert c.status().started_from == f"snapshot {meta.name}"
     assert c.digest() == a.digest() and not c.status().halted
+    gc.collect()
+    assert left_behind() is None
 
 
 def test_the_retention_warning_fires_near_the_start_of_a_bounded_stream() -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import socket
+import time
 
 import pytest
 
@@ -31,19 +34,22 @@ def state_through(seq: int, engine: KeyValueEngine | None = None) -> ReplicatedS
 
 @pytest.mark.parametrize("how", HOW)
 async def test_a_capture_is_of_the_state_when_it_was_called(how: Capture) -> None:
-    """Replay goes on while the capture is encoded: commands applied meanwhile are not in it."""
-    state = state_through(500)
+    """Replay goes on while the capture is encoded: commands applied meanwhile are not in it.
+    The snapshot is several times a pipe's buffer (64 KiB), so the child must be read while
+    it writes."""
+    state = state_through(5_000)
     expected, digest = state.snapshot(), state.digest().hex()
     task = asyncio.create_task(capture(state, how))
     await asyncio.sleep(0)  # the task runs up to its first await: forked, or frozen
-    for n in range(501, 600):
+    for n in range(5_001, 5_100):
         state.apply(command(n))
     captured = await task
+    assert len(captured.data) > 2 * 65536
     assert captured.data == expected and captured.digest == digest
     assert captured.data != state.snapshot()
     restored = ReplicatedState(KeyValueEngine())
     restored.restore(captured.data)
-    assert restored.last_seq == 500 and restored.digest().hex() == digest
+    assert restored.last_seq == 5_000 and restored.digest().hex() == digest
     assert captured.paused_s >= 0
 
 
@@ -57,6 +63,73 @@ class DiesInSnapshot(KeyValueEngine):
 
     def snapshot(self) -> bytes:
         os._exit(3)
+
+
+class SlowToSnapshot(KeyValueEngine):
+    """An engine whose snapshot takes ten minutes: in the fork, the child's."""
+
+    def snapshot(self) -> bytes:
+        time.sleep(600)
+        return super().snapshot()
+
+
+def children() -> set[int]:
+    """This process's child processes, from /proc (every thread's list)."""
+    found: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as listed:
+            found.update(int(pid) for pid in listed.read().split())
+    return found
+
+
+class ReportsDescriptors(KeyValueEngine):
+    """Its snapshot is the list of descriptors open in the process that takes it."""
+
+    reported: list[str]
+
+    def snapshot(self) -> bytes:
+        return " ".join(os.listdir("/proc/self/fd")).encode()
+
+    def restore(self, data: bytes) -> None:
+        self.reported = data.decode().split()
+
+
+async def test_the_child_holds_no_descriptor_of_the_node() -> None:
+    """The node's listening socket (its admin port), its NATS sockets, its event loop: the
+    child closes every descriptor but its end of the pipe before it encodes."""
+    engine = ReportsDescriptors()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        captured = await capture(state_through(5, ReportsDescriptors()), "fork")
+        restored = ReplicatedState(engine)
+        restored.restore(captured.data)
+        listening = str(listener.fileno())
+        assert listening in os.listdir("/proc/self/fd")  # the parent's are still there
+    # the pipe's end, and the one listdir opened to read /proc/self/fd
+    assert len(engine.reported) == 2 and listening not in engine.reported
+
+
+@pytest.mark.timeout(20)  # without the kill, the cancellation waits out the child's sleep
+async def test_cancelling_a_capture_kills_and_reaps_its_child() -> None:
+    before = children()
+    task = asyncio.create_task(capture(state_through(5, SlowToSnapshot()), "fork"))
+    await asyncio.sleep(0)  # forked: the child is in snapshot() for ten minutes
+    assert len(children() - before) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert children() == before
+
+
+async def test_a_failed_fork_is_a_capture_error_that_names_the_way_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_fork() -> int:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    with pytest.raises(SnapshotError, match=r"could not fork.*snapshot_capture = thread") as info:
+        await capture(state_through(5), "fork")
+    assert info.value.reason == "capture"
 
 
 async def test_an_engine_failing_in_the_child_is_a_capture_error_naming_it() -> None:

@@ -238,13 +238,13 @@ async def test_only_an_idle_journal_probes_the_tail(
     ``fence_probe_interval``. A journal acknowledged more often than that never probes: the
     probe would hold its sends back for a round trip, and its appends prove the tail anyway.
     Appends here are paced so that nothing is in flight most of the time."""
-    settings = JournalSettings(journal="probe", fence_probe_interval=0.2)
+    settings = JournalSettings(journal="probe", fence_probe_interval=0.5)
     journal = await open_journal(nc, settings)
     watcher = await connect(nats_server.url)
     tail_reads = await watcher.subscribe(f"$JS.API.STREAM.MSG.GET.{settings.stream}")
     await watcher.flush()
     try:
-        for seq in range(1, 41):  # 40 x 25 ms: five probe intervals, busy throughout
+        for seq in range(1, 81):  # 80 x 25 ms: four probe intervals, busy throughout
             await journal.append_and_wait(envelope(seq))
             await asyncio.sleep(0.025)
         assert tail_reads.pending_msgs == 0

@@ -26,6 +26,14 @@ def test_precedence_flags_then_env_then_file(tmp_path: Path) -> None:
     assert settings.journal.stream == "JSB_FROMFLAG" and settings.max_promote_lag == 7
 
 
+def test_the_capture_and_heap_settings_reach_the_node() -> None:
+    defaults = load(file=None, env={}).node_settings()
+    assert defaults.snapshots.capture == "fork" and defaults.freeze_heap
+    env = {"JETSTANDBY_SNAPSHOT_CAPTURE": "thread", "JETSTANDBY_FREEZE_HEAP": "false"}
+    settings = load(file=None, env=env).node_settings()
+    assert settings.snapshots.capture == "thread" and not settings.freeze_heap
+
+
 def test_defaults_and_a_random_node_id() -> None:
     config = load(file=None, env={})
     assert config.role == "standby" and config.admin_address() == ("127.0.0.1", 7070)
@@ -49,6 +57,13 @@ def test_defaults_and_a_random_node_id() -> None:
         ("admin = 'nowhere'\n", {}, "admin", "not HOST:PORT"),
         ("node_id = 'has space'\n", {}, "node_id", "must match"),
         ("journal = 'Bad.Name'\n", {}, "journal", "must match"),
+        (
+            "",
+            {"JETSTANDBY_SNAPSHOT_CAPTURE": "vfork"},
+            "snapshot_capture",
+            "JETSTANDBY_SNAPSHOT_CAPTURE",
+        ),
+        ("freeze_heap = 'sometimes'\n", {}, "freeze_heap", "Expected `bool`"),
     ],
 )
 def test_bad_values_name_the_key_and_the_source(

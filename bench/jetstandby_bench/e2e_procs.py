@@ -85,7 +85,8 @@ class CpuMeter:
         }
         machine = round((machine_busy_seconds() - self._before["machine"]) / wall, 2)
         self.waited = {
-            name: round((run_queue_seconds(pid) - self._waits[name]) / wall * 1000, 1)
+            # at least 0: a thread that exited meanwhile took its count along
+            name: round(max(0.0, run_queue_seconds(pid) - self._waits[name]) / wall * 1000, 1)
             for name, pid in self.pids.items()
         }
         return {**used, "machine": machine, "others": round(machine - sum(used.values()), 2)}

@@ -201,7 +201,7 @@ class Snapshotter:
             self.last, self.last_error = stored, None
             logger.info(
                 "snapshot %s stored: seq %d, stream seq %d, %d bytes; replay paused %.1f ms "
-                "(%s), capture %.1f ms, store %.1f ms",
+                "(%s), capture and checksum %.1f ms, store %.1f ms",
                 stored.name,
                 stored.seq,
                 stored.stream_seq,

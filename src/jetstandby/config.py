@@ -143,6 +143,11 @@ class ReplaySettings:
             raise ConfigError("idle_heartbeat", "must be at least 0.1 s")
 
 
+Capture = Literal["fork", "thread"]
+#: How a standby captures a snapshot where nobody said: see SnapshotSettings.
+DEFAULT_CAPTURE: Final[Capture] = "fork" if hasattr(os, "fork") else "thread"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SnapshotSettings:
     """When a standby snapshots its state, how many snapshots are kept, and how a node starts.
@@ -166,7 +171,7 @@ class SnapshotSettings:
     bootstrap: bool = True
     retention_warn_fraction: float = 0.2
     bootstrap_retry: float = 5.0
-    capture: Literal["fork", "thread"] = "fork" if hasattr(os, "fork") else "thread"
+    capture: Capture = DEFAULT_CAPTURE
 
     def __post_init__(self) -> None:
         if self.capture not in ("fork", "thread") or (

@@ -10,9 +10,12 @@ bench saw 76 to 171 ms).
 
 :func:`freeze_long_lived` moves every object alive now into the permanent generation
 (:func:`gc.freeze`), which collections skip. The objects are still freed by reference
-counting when they die; only garbage *cycles* among them stay until :func:`gc.unfreeze`. A
-node freezes once per state it adopts, when that state is built (caught up, or primary):
-the cycles alive then are few, so this can leak a little once, never per command.
+counting when they die; only garbage *cycles* among them stay until :func:`unfreeze`. A
+node freezes once per state it adopts, when that state is built (caught up, or primary).
+The cycles that die later are those already garbage-to-be then (a few, once), and the
+whole state when a node replaces it: an engine is often one big cycle (an order points to
+its book, a dispatch table holds bound methods), so a node unfreezes before it adopts a new
+state, and the next full collection frees the old one.
 """
 
 from __future__ import annotations
@@ -20,10 +23,15 @@ from __future__ import annotations
 import gc
 
 
-def freeze_long_lived() -> int:
-    """Collect the young generations, then freeze everything alive; returns how many objects
-    the permanent generation holds. A young collection, not a full one: a full one would be
-    the very pause this avoids, once more."""
+def freeze_long_lived() -> None:
+    """Collect the young generations, then freeze everything alive. A young collection, not
+    a full one: a full one would be the very pause this avoids, once more. (Nor is the
+    frozen count asked for: it walks the whole permanent generation.)"""
     gc.collect(1)
     gc.freeze()
-    return gc.get_freeze_count()
+
+
+def unfreeze() -> None:
+    """Give everything frozen back to the oldest generation: the next full collection
+    walks it all once, and frees the cycles among it that died meanwhile."""
+    gc.unfreeze()

@@ -94,6 +94,7 @@ class Node:
         self._start: Start | None = None
         self._retention = RetentionWatch(settings.snapshots.retention_warn_fraction)
         self._heap_due = False  # freeze the adopted state once it is built (see _tick)
+        self._heap_frozen = False
 
     # -- running ----------------------------------------------------------------------------
 
@@ -156,7 +157,9 @@ class Node:
                     max_body=self._max_body(),
                 )
             except HistoryLost as exc:
-                logger.error("replay fell off the start of the stream: %s", exc)
+                # As text: a log record holding the exception would pin, through its
+                # traceback, the replay run and the state this node is about to replace.
+                logger.error("replay fell off the start of the stream: %s", str(exc))
                 self._forget_promotion(PromotionRefused(f"replay lost history: {exc}"))
                 if not await self._bootstrap():  # the stream starts before the hole
                     await self._wait_out_halt(self._hole(exc))
@@ -221,6 +224,9 @@ class Node:
 
     def _adopt(self, start: Start) -> None:
         if self._start is not None or start.snapshot is not None:
+            if self._heap_frozen:  # else the replaced state, frozen, is never collected
+                heap.unfreeze()
+                self._heap_frozen = False
             self.state = start.state
         self._start = start
         self._heap_due = self.settings.freeze_heap
@@ -708,11 +714,10 @@ class Node:
             self.role is Role.STANDBY and self.progress.caught_up and self.progress.error is None
         )
         if self._heap_due and built:
-            self._heap_due = False
-            frozen = heap.freeze_long_lived()
+            self._heap_due, self._heap_frozen = False, True
+            heap.freeze_long_lived()
             logger.info(
-                "heap frozen: %d long-lived objects left out of full collections node=%s",
-                frozen,
+                "heap frozen: the built state left out of full collections node=%s",
                 self.settings.node_id,
             )
 

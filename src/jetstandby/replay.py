@@ -396,8 +396,11 @@ class _ReplayRun:
         self._stopped = True
         self._error = error
         self._progress.halt(error)
-        logger.error(
-            "Standby replay halted seq=%s stream_seq=%s: %s", error.seq, error.stream_seq, error
+        logger.error(  # the error as text: a record must not pin the run (see Node)
+            "Standby replay halted seq=%s stream_seq=%s: %s",
+            error.seq,
+            error.stream_seq,
+            str(error),
         )
         self._stop.set()
 

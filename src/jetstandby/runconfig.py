@@ -17,7 +17,14 @@ from typing import Any, Literal
 
 import msgspec
 
-from jetstandby.config import JournalSettings, NodeSettings, ReplaySettings, SnapshotSettings
+from jetstandby.config import (
+    DEFAULT_CAPTURE,
+    Capture,
+    JournalSettings,
+    NodeSettings,
+    ReplaySettings,
+    SnapshotSettings,
+)
 from jetstandby.errors import ConfigError, JournalUnavailable
 
 ENV_PREFIX = "JETSTANDBY_"
@@ -45,7 +52,7 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     snapshot_every_commands: int = 100_000
     snapshot_every_seconds: float = 600.0
     snapshot_keep: int = 3
-    snapshot_capture: Literal["fork", "thread"] = "fork"
+    snapshot_capture: Capture = DEFAULT_CAPTURE
     freeze_heap: bool = True
 
     def admin_address(self) -> tuple[str, int]:
