@@ -39,7 +39,7 @@ async def test_a_capture_is_of_the_state_when_it_was_called(how: Capture) -> Non
     it writes."""
     state = state_through(5_000)
     expected, digest = state.snapshot(), state.digest().hex()
-    task = asyncio.create_task(capture(state, how))
+    task = asyncio.create_task(capture(state, how, deadline=60))
     await asyncio.sleep(0)  # the task runs up to its first await: forked, or frozen
     for n in range(5_001, 5_100):
         state.apply(command(n))
@@ -99,7 +99,7 @@ async def test_the_child_holds_no_descriptor_of_the_node() -> None:
     child closes every descriptor but its end of the pipe before it encodes."""
     engine = ReportsDescriptors()
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        captured = await capture(state_through(5, ReportsDescriptors()), "fork")
+        captured = await capture(state_through(5, ReportsDescriptors()), "fork", deadline=60)
         restored = ReplicatedState(engine)
         restored.restore(captured.data)
         listening = str(listener.fileno())
@@ -108,10 +108,18 @@ async def test_the_child_holds_no_descriptor_of_the_node() -> None:
     assert len(engine.reported) == 2 and listening not in engine.reported
 
 
+async def test_a_child_past_its_deadline_is_killed_and_the_capture_fails() -> None:
+    before = children()
+    with pytest.raises(SnapshotError, match=r"did not finish within 0.5 s") as info:
+        await capture(state_through(5, SlowToSnapshot()), "fork", deadline=0.5)
+    assert info.value.reason == "capture"
+    assert children() == before
+
+
 @pytest.mark.timeout(20)  # without the kill, the cancellation waits out the child's sleep
 async def test_cancelling_a_capture_kills_and_reaps_its_child() -> None:
     before = children()
-    task = asyncio.create_task(capture(state_through(5, SlowToSnapshot()), "fork"))
+    task = asyncio.create_task(capture(state_through(5, SlowToSnapshot()), "fork", deadline=60))
     await asyncio.sleep(0)  # forked: the child is in snapshot() for ten minutes
     assert len(children() - before) == 1
     task.cancel()
@@ -128,19 +136,19 @@ async def test_a_failed_fork_is_a_capture_error_that_names_the_way_out(
 
     monkeypatch.setattr(os, "fork", no_fork)
     with pytest.raises(SnapshotError, match=r"could not fork.*snapshot_capture = thread") as info:
-        await capture(state_through(5), "fork")
+        await capture(state_through(5), "fork", deadline=60)
     assert info.value.reason == "capture"
 
 
 async def test_an_engine_failing_in_the_child_is_a_capture_error_naming_it() -> None:
     with pytest.raises(SnapshotError, match="no snapshot today") as info:
-        await capture(state_through(5, Unsnapshottable()), "fork")
+        await capture(state_through(5, Unsnapshottable()), "fork", deadline=60)
     assert info.value.reason == "capture"
 
 
 async def test_a_child_that_dies_is_a_failed_capture_never_a_short_snapshot() -> None:
     with pytest.raises(SnapshotError, match="exit status 0x300") as info:
-        await capture(state_through(5, DiesInSnapshot()), "fork")
+        await capture(state_through(5, DiesInSnapshot()), "fork", deadline=60)
     assert info.value.reason == "capture"
 
 

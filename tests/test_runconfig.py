@@ -64,6 +64,7 @@ def test_defaults_and_a_random_node_id() -> None:
             "JETSTANDBY_SNAPSHOT_CAPTURE",
         ),
         ("freeze_heap = 'sometimes'\n", {}, "freeze_heap", "Expected `bool`"),
+        ("snapshot_capture_timeout = 0\n", {}, "snapshot_capture_timeout", "positive"),
     ],
 )
 def test_bad_values_name_the_key_and_the_source(

@@ -182,7 +182,7 @@ async def take(
     take_s = time.perf_counter() - started
     state = node.state
     started = time.perf_counter()
-    captured = await capture(state, "fork")
+    captured = await capture(state, "fork", deadline=300)
     capture_s = time.perf_counter() - started
     started = time.perf_counter()
     state.freeze()

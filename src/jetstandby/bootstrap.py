@@ -177,7 +177,9 @@ class Snapshotter:
             started = time.monotonic()
             try:
                 # Only part of this stops replay: see jetstandby.snapshots.capturing.
-                captured = await capture(state, self._settings.capture)
+                captured = await capture(
+                    state, self._settings.capture, deadline=self._settings.capture_timeout
+                )
                 meta = await asyncio.to_thread(
                     describe,
                     captured.data,

@@ -161,7 +161,8 @@ class SnapshotSettings:
     state to start from looks again for a usable snapshot. ``capture``: ``fork`` encodes the
     snapshot in a forked child, so that replay stops only for the fork; ``thread`` freezes
     the state on the event loop and encodes it in a thread (see
-    :mod:`jetstandby.snapshots.capturing`).
+    :mod:`jetstandby.snapshots.capturing`). ``capture_timeout``: a forked child still
+    encoding after this many seconds is killed and the snapshot fails (tried again later).
     """
 
     enabled: bool = True
@@ -172,6 +173,7 @@ class SnapshotSettings:
     retention_warn_fraction: float = 0.2
     bootstrap_retry: float = 5.0
     capture: Capture = DEFAULT_CAPTURE
+    capture_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         if self.capture not in ("fork", "thread") or (
@@ -189,6 +191,7 @@ class SnapshotSettings:
                 )
         _non_negative("snapshot_every_seconds", self.every_seconds)
         _positive("bootstrap_retry", self.bootstrap_retry)
+        _positive("snapshot_capture_timeout", self.capture_timeout)
         if not 0 < self.retention_warn_fraction < 1:
             raise ConfigError(
                 "retention_warn_fraction",

@@ -53,6 +53,7 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     snapshot_every_seconds: float = 600.0
     snapshot_keep: int = 3
     snapshot_capture: Capture = DEFAULT_CAPTURE
+    snapshot_capture_timeout: float = 300.0
     freeze_heap: bool = True
 
     def admin_address(self) -> tuple[str, int]:
@@ -77,6 +78,7 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
                 every_seconds=self.snapshot_every_seconds,
                 keep=self.snapshot_keep,
                 capture=self.snapshot_capture,
+                capture_timeout=self.snapshot_capture_timeout,
             ),
             max_promote_lag=self.max_promote_lag,
             checkpoint_every=self.checkpoint_every,

@@ -18,7 +18,8 @@ The child touches nothing the parent owns: it closes every inherited descriptor 
 pipe (the admin listener, the NATS sockets), takes the default action on SIGTERM and
 SIGINT, and uses no event loop and no logging. Any failure in it comes back over the pipe
 as text; a child that dies without writing all it announced is a failed capture, never a
-short snapshot. A capture that is cancelled kills its child and reaps it before it returns.
+short snapshot. A capture that is cancelled, or whose child outlives ``deadline``, kills
+the child and reaps it before it returns.
 """
 
 from __future__ import annotations
@@ -52,18 +53,20 @@ class Captured:
     paused_s: float
 
 
-async def capture(state: ReplicatedState, how: Capture) -> Captured:
+async def capture(state: ReplicatedState, how: Capture, *, deadline: float) -> Captured:
     """The snapshot of ``state`` as it stands now. Call with no await between reading the
-    state's position and this: the capture is of the state at the moment of the call."""
+    state's position and this: the capture is of the state at the moment of the call.
+    ``deadline``: seconds a forked child may take (a hung engine must not hold a node's
+    snapshots forever)."""
     if how == "fork":
-        return await _in_child(state)
+        return await _in_child(state, deadline)
     started = time.monotonic()
     encode, digest = state.freeze(), state.digest().hex()
     paused = time.monotonic() - started
     return Captured(await asyncio.to_thread(encode), digest, paused)
 
 
-async def _in_child(state: ReplicatedState) -> Captured:
+async def _in_child(state: ReplicatedState, deadline: float) -> Captured:
     read_fd, write_fd = os.pipe()
     started = time.monotonic()
     try:
@@ -79,12 +82,15 @@ async def _in_child(state: ReplicatedState) -> Captured:
     # One thread owns the pipe and the child from here on: it reads to the end and reaps.
     reader = asyncio.ensure_future(asyncio.to_thread(_read_and_reap, read_fd, pid))
     try:
-        head, data, status = await asyncio.shield(reader)
-    except asyncio.CancelledError:
+        async with asyncio.timeout(deadline):
+            head, data, status = await asyncio.shield(reader)
+    except (asyncio.CancelledError, TimeoutError) as exc:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)  # the reader then sees the end of the pipe
         with contextlib.suppress(Exception):
             await reader  # reaped before the cancellation goes on
+        if isinstance(exc, TimeoutError):
+            raise _failed(f"did not finish within {deadline:g} s and was killed") from None
         raise
     except OSError as exc:
         raise _failed(f"could not be read ({exc!r})") from exc
