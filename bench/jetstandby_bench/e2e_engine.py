@@ -31,7 +31,6 @@ from jetstandby.engine import Command
 from jetstandby.engines.orderbook import OrderBookEngine
 
 APPLY_COLUMNS: Final = 3  # seq, apply time (ns), the primary's stamp (ns)
-GC_COLUMNS: Final = 3  # generation, end time (ns), duration (ns)
 RSS_COLUMNS: Final = 3  # applies, time (ns), RSS (bytes)
 DEFAULT_CAP: Final = 1_000_000
 _PAGE: Final = os.sysconf("SC_PAGE_SIZE")
