@@ -32,6 +32,7 @@ from jetstandby.engines.kv import KeyValueEngine, add
 from jetstandby.errors import SubmitError
 from jetstandby.faults import TcpProxy
 from jetstandby.history import CheckResult, HistoryWriter, check_files
+from jetstandby.journal import stream
 from jetstandby.journal.stream import close_quietly, connect
 from jetstandby.procs import NodeProcess
 
@@ -270,20 +271,10 @@ async def read_stream(urls: str, journal: str = JOURNAL) -> list[tuple[int, byte
     so that poison written straight into the stream does not stop the read."""
     nc = await connect(urls, name="jetstandby-faults-reader")
     try:
-        js = nc.jetstream()
-        settings = JournalSettings(journal=journal)
-        count = (await js.stream_info(settings.stream)).state.messages
-        sub = await js.subscribe(settings.subject, ordered_consumer=True)
-        try:
-            out = []
-            for _ in range(count):
-                msg = await sub.next_msg(timeout=10)
-                out.append((msg.metadata.sequence.stream, msg.data))
-            return out
-        finally:
-            await sub.unsubscribe()
+        messages = await stream.read_stream(nc, JournalSettings(journal=journal))
     finally:
         await close_quietly(nc)
+    return [(m.stream_seq, m.data) for m in messages]
 
 
 def decode_stream(

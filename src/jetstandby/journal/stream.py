@@ -39,6 +39,7 @@ __all__ = [
     "last_message",
     "message_at",
     "read_journal",
+    "read_stream",
     "stream_info",
 ]
 
@@ -233,13 +234,14 @@ async def ensure_stream(nc: NatsClient, settings: JournalSettings) -> StreamInfo
     return info
 
 
-async def read_journal(
+async def read_stream(
     nc: NatsClient, settings: JournalSettings, *, timeout: float = 10.0
-) -> list[tuple[str | None, wire.Envelope]]:
-    """Every message of the journal as it is now, in order: ``(Nats-Msg-Id, envelope)``.
+) -> list[StoredMessage]:
+    """Every message of the journal's stream as it is now, in order and undecoded (so that
+    poison written straight into the stream does not stop the read).
 
-    For verification (the demo, the tests), not for replay: it holds the whole journal in
-    memory. Raises :class:`~jetstandby.errors.WireError` on a message that is not an envelope.
+    For verification (the demo, the tests, the fault bench), not for replay: it holds the
+    whole stream in memory.
     """
     try:
         js = nc.jetstream()
@@ -249,13 +251,24 @@ async def read_journal(
             out = []
             for _ in range(count):
                 msg = await sub.next_msg(timeout=timeout)
-                envelope = wire.decode(msg.data, stream_seq=msg.metadata.sequence.stream)
-                out.append(((msg.headers or {}).get(HDR_MSG_ID), envelope))
+                msg_id = (msg.headers or {}).get(HDR_MSG_ID)
+                out.append(StoredMessage(msg.metadata.sequence.stream, msg_id, msg.data))
             return out
         finally:
             await sub.unsubscribe()
     except (nats.errors.Error, OSError) as exc:
         raise JournalUnavailable(f"cannot read journal {settings.journal!r}: {exc}") from exc
+
+
+async def read_journal(
+    nc: NatsClient, settings: JournalSettings, *, timeout: float = 10.0
+) -> list[tuple[str | None, wire.Envelope]]:
+    """:func:`read_stream`, decoded: ``(Nats-Msg-Id, envelope)`` per message. Raises
+    :class:`~jetstandby.errors.WireError` on a message that is not an envelope."""
+    return [
+        (m.msg_id, wire.decode(m.data, stream_seq=m.stream_seq))
+        for m in await read_stream(nc, settings, timeout=timeout)
+    ]
 
 
 async def stream_info(nc: NatsClient, stream: str, timeout: float) -> StreamInfo:
@@ -267,6 +280,8 @@ async def stream_info(nc: NatsClient, stream: str, timeout: float) -> StreamInfo
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
+    """One message as the stream holds it: where, its ``Nats-Msg-Id``, its body."""
+
     stream_seq: int
     msg_id: str | None
     data: bytes
