@@ -21,7 +21,7 @@ cursor reaches the stream's last seq (``progress.wait_for``, never a sleep).
    end. It restores the snapshot and replays only the tail, so it catches up on ``tail``
    more commands than the full replay did: the ratio is, if anything, unfair to it.
    ``adopt_s``: from ``Node.run`` to the snapshot restored and adopted.
-4. **Restore**: :func:`jetstandby.snapshots.choose` timed alone on the same store (list,
+4. **Restore**: :func:`jetstandby.bootstrap.find_start` timed alone on the same store (list,
    fetch, checks, restore, digest proof), as the node's bootstrap calls it; then its two
    halves timed alone: ``fetch_s`` (``SnapshotStore.get``) and ``restore_only_s``
    (``restore_verified``: restore and digest).
@@ -51,7 +51,7 @@ import nats.errors
 from rich.console import Console
 from rich.table import Table
 
-from jetstandby.bootstrap import stream_bounds
+from jetstandby.bootstrap import find_start, stream_bounds
 from jetstandby.config import JournalSettings, NodeSettings, SnapshotSettings
 from jetstandby.engines.orderbook import OrderBookEngine, generate
 from jetstandby.journal.stream import NatsClient, close_quietly, connect, ensure_stream
@@ -60,7 +60,6 @@ from jetstandby.snapshots import (
     SnapshotMeta,
     SnapshotStore,
     bucket_name,
-    choose,
     describe,
     restore_verified,
 )
@@ -86,7 +85,7 @@ FIGURES: Final = (
     ("capture_s", "  capture in the child (encode, digest, pipe), alone"),
     ("thread_pause_s", "  replay pause with snapshot_capture = thread, alone"),
     ("store_s", "  store (put again), alone"),
-    ("restore_s", "restore: choose() alone"),
+    ("restore_s", "restore: find_start() alone"),
     ("fetch_s", "  SnapshotStore.get() alone"),
     ("restore_only_s", "  restore_verified() alone"),
     ("snapshot_bytes", "snapshot size, bytes"),
@@ -219,7 +218,8 @@ async def take(
 async def time_restore(
     nc: NatsClient, journal: JournalSettings, meta: SnapshotMeta
 ) -> dict[str, Any]:
-    """``choose()`` as a node's bootstrap calls it, then its fetch and its restore alone."""
+    """``find_start()`` as a node's bootstrap calls it (``choose()`` within the stream's
+    bounds), then its fetch and its restore alone."""
 
     def new_state() -> ReplicatedState:
         return ReplicatedState(OrderBookEngine())
@@ -227,16 +227,10 @@ async def time_restore(
     bounds = await stream_bounds(nc, journal)
     async with await SnapshotStore.open(nc, journal) as store:
         started = time.perf_counter()
-        restored = await choose(
-            store,
-            new_state,
-            stream_first_seq=bounds.first_seq,
-            stream_last_seq=bounds.last_seq,
-            stream_created=bounds.created,
-        )
+        start = await find_start(store, new_state, bounds)
         restore_s = time.perf_counter() - started
-        if restored is None or restored.meta != meta:
-            raise AssertionError(f"choose() did not pick snapshot {meta.name}")
+        if start.snapshot != meta:
+            raise AssertionError(f"the bootstrap did not pick snapshot {meta.name}")
         started = time.perf_counter()
         data = await store.get(meta)
         fetched = time.perf_counter()
