@@ -349,7 +349,9 @@ class SnapshotStore:
             )
         if not _NODE_ID.match(meta.node_id):
             raise refused(name, Refusal.METADATA, f"node id {meta.node_id!r} is not a safe name")
-        check_bytes(data, meta)
+        # In a thread: a SHA-256 of a 16 MB snapshot is ~10 ms that a standby's event loop,
+        # and so its replay, would otherwise stop for (hashlib releases the GIL).
+        await asyncio.to_thread(check_bytes, data, meta)
         object_meta = ObjectMeta(
             name=name,
             description=msgspec.json.encode(meta).decode(),
