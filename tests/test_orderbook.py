@@ -547,6 +547,7 @@ class Checker:
         result = decode_result(raw)
         after = open_book(self.engine)
         self.check_book(after)
+        self.check_account_index(after)
         if not result.ok:
             assert after == before
             return
@@ -570,6 +571,16 @@ class Checker:
             assert after == {
                 key: [o for o in orders if o[0] not in cancelled] for key, orders in before.items()
             }
+
+    def check_account_index(self, book: Book) -> None:
+        """The engine's by-account index (what a mass cancel visits) holds exactly the
+        resting orders, each under its own account, and no account without one."""
+        resting: dict[str, set[int]] = {}
+        for orders in book.values():
+            for order_id, account, *_ in orders:
+                resting.setdefault(account, set()).add(order_id)
+        index = self.engine._by_account
+        assert {account: set(orders) for account, orders in index.items()} == resting
 
     def check_book(self, book: Book) -> None:
         for instrument, tick in INSTRUMENTS.items():
@@ -684,6 +695,7 @@ class Checker:
         assert [second.apply(c) for c in self.commands[split:]] == self.results[split:]
         assert second.digest() == self.engine.digest()
         assert second.snapshot() == self.engine.snapshot()
+        assert second._by_account.keys() == self.engine._by_account.keys()  # rebuilt on restore
 
 
 @settings(max_examples=150, deadline=None)

@@ -124,6 +124,9 @@ class OrderBookEngine:
         self.next_order_id = 1
         self._books = {name: Book(name, tick) for name, tick in INSTRUMENTS.items()}
         self._orders: dict[int, Order] = {}
+        # Every resting order by account as well, so that a mass cancel visits only the
+        # account's own orders, not every order in every book (derived: not in snapshots).
+        self._by_account: dict[str, dict[int, Order]] = {}
         self._routes: dict[tuple[str, int], tuple[msgspec.msgpack.Decoder[Any], _Handler]] = {
             (PLACE_ORDER, 1): (msgspec.msgpack.Decoder(PlaceOrderV1), self._place_v1),
             (PLACE_ORDER, 2): (msgspec.msgpack.Decoder(PlaceOrderV2), self._place_v2),
@@ -186,6 +189,9 @@ class OrderBookEngine:
         self.self_trade_prevention = state.self_trade_prevention
         self._books = books
         self._orders = orders
+        self._by_account = {}
+        for order in orders.values():
+            self._index(order)
 
     def digest(self) -> bytes:
         """sha256 of :meth:`snapshot`; independent of process and ``PYTHONHASHSEED``."""
@@ -289,14 +295,13 @@ class OrderBookEngine:
         instrument = request.instrument
         if instrument is not None and instrument not in self._books:
             return _rejected(Reason.UNKNOWN_INSTRUMENT)
-        account = request.account
+        resting = self._by_account.get(request.account)
+        if not resting:
+            return Result(True, [])
         victims = sorted(
-            (
-                order
-                for order in self._orders.values()
-                if order.account == account
-                and (instrument is None or order.book.instrument == instrument)
-            ),
+            resting.values()
+            if instrument is None
+            else [order for order in resting.values() if order.book.instrument == instrument],
             key=_order_id,
         )
         events: list[Event] = []
@@ -339,6 +344,7 @@ class OrderBookEngine:
         else:
             (book.bids if order.is_buy else book.asks).add(order)
             self._orders[order_id] = order
+            self._index(order)
             events.append(Rested(order_id, order.price, left))
 
     def _match(
@@ -378,6 +384,7 @@ class OrderBookEngine:
                     traded = maker_left
                     level.popleft()
                     del orders[maker.order_id]
+                    self._unindex(maker)
                     events.append(Filled(maker.order_id))
                 else:
                     traded = left
@@ -396,6 +403,19 @@ class OrderBookEngine:
     def _remove(self, order: Order) -> None:
         order.book.side(order.is_buy).remove(order)
         del self._orders[order.order_id]
+        self._unindex(order)
+
+    def _index(self, order: Order) -> None:
+        resting = self._by_account.get(order.account)
+        if resting is None:
+            resting = self._by_account[order.account] = {}
+        resting[order.order_id] = order
+
+    def _unindex(self, order: Order) -> None:
+        resting = self._by_account[order.account]
+        del resting[order.order_id]
+        if not resting:  # accounts come from clients: keep no empty entry for each one seen
+            del self._by_account[order.account]
 
 
 _Handler = Callable[[Any], Result]
