@@ -42,6 +42,8 @@ from jetstandby.engines.orderbook import (
     place_v2,
     replace,
 )
+from jetstandby.engines.orderbook.book import Book as InstrumentBook
+from jetstandby.engines.orderbook.book import Level, Order
 
 SOL = "SOL-USD"  # tick 1
 ETH = "ETH-USD"  # tick 5
@@ -819,3 +821,21 @@ def test_digest_is_the_same_under_any_hash_seed() -> None:
     for seq, (t, v, p) in enumerate(generate(5, 3000), start=1):
         engine.apply(Command(seq, seq, t, v, p))
     assert digests == {engine.digest().hex()}
+
+
+def test_a_level_takes_out_any_order_and_keeps_time_priority() -> None:
+    book = InstrumentBook(SOL, INSTRUMENTS[SOL])
+    orders = [Order(i, "alice", book, True, 100, 1, False) for i in range(1, 6)]
+    level = Level()
+    for order in orders:
+        level.append(order)
+    for gone in (orders[0], orders[2], orders[4]):  # the head, the middle, the tail
+        level.remove(gone)
+        assert gone.older is None and gone.newer is None
+    assert [o.order_id for o in level] == [2, 4]
+    assert (level.head, level.tail) == (orders[1], orders[3])
+    level.append(orders[0])  # a replaced order goes to the back
+    assert [o.order_id for o in level] == [2, 4, 1]
+    for order in list(level):
+        level.remove(order)
+    assert not level and level.tail is None

@@ -374,15 +374,14 @@ class OrderBookEngine:
                 break
             price = key * sign
             level = levels[price]
-            while level:
-                maker = level[0]
+            while (maker := level.head) is not None:
                 if stp and maker.account == account:
                     taker.quantity = left
                     return True
                 maker_left = maker.quantity
                 if maker_left <= left:
                     traded = maker_left
-                    level.popleft()
+                    level.remove(maker)
                     del orders[maker.order_id]
                     self._unindex(maker)
                     events.append(Filled(maker.order_id))
@@ -394,7 +393,7 @@ class OrderBookEngine:
                 left -= traded
                 if not left:
                     break
-            if not level:
+            if level.head is None:
                 del levels[price]
                 keys.pop()
         taker.quantity = left
