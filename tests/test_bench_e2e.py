@@ -47,10 +47,14 @@ def test_e2e_reports_every_figure(tmp_path: Path) -> None:
         assert 0 <= level["latency_ms"]["p50"] <= level["latency_ms"]["p99.9"]
         assert set(level["run_queue_wait_ms_per_s"]) == {"primary", "standby", "nats-server1"}
         assert all(level["cpu_cores"][node] > 0 for node in ("primary", "standby"))
-        for node in ("primary", "standby"):  # gc.callbacks saw every collection in the window
+        for node in ("primary", "standby"):
             gc = level["gc"][node]
-            assert gc["count"] > 0 and gc["count"] >= gc["full"]
-            assert 0 < gc["max_ms"] <= gc["total_ms"]
+            assert gc["count"] >= gc["full"] and 0 <= gc["max_ms"] <= gc["total_ms"]
+    # gc.callbacks saw the collections: a short level on a busy machine may have none, the
+    # three of them together do (a node allocates on every command)
+    collections = [level["gc"][n] for level in result["single"]["levels"] for n in level["gc"]]
+    assert sum(gc["count"] for gc in collections) > 0
+    assert max(gc["max_ms"] for gc in collections) > 0
     failover = result["failover"]
     assert failover["count"] == 1 and failover["lost_first_ack"] == 0
     assert 0 < failover["promote_ms"]["p50"] <= failover["total_ms"]["p50"]

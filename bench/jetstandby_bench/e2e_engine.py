@@ -6,8 +6,8 @@ primary as production, and the same order book, plus what the bench needs to obs
 switched by environment variables (no change to ``src/``):
 
 - ``JSB_E2E_APPLY_LOG=path``: record ``(seq, apply time, primary stamp)`` of every applied
-  command (``time.time_ns()``, the clock every process on this machine shares) into a
-  preallocated array of ``JSB_E2E_APPLY_CAP`` rows, written to ``path`` at exit;
+  command (``time.time_ns()``, the clock every process on this machine shares) into room
+  for ``JSB_E2E_APPLY_CAP`` rows, written to ``path`` at exit;
 - ``JSB_E2E_RSS_LOG=path``: every ``JSB_E2E_RSS_EVERY`` applies, note ``(applies, time, RSS)``
   of this process; written to ``path`` at exit, and as soon as ``JSB_E2E_EXPECT`` commands
   have been applied (so the bench learns replay finished without polling the node);
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import mmap
 import os
 import time
 from array import array
@@ -65,7 +66,11 @@ class _Recorder:
         self.cap = (
             int(os.environ.get("JSB_E2E_APPLY_CAP", str(DEFAULT_CAP))) if self.apply_log else 0
         )
-        self.rows = array("q", bytes(8 * APPLY_COLUMNS * self.cap))
+        # Anonymous memory, resident only as rows are written: a filled array of the whole
+        # capacity (72 MB at 3M rows) made the node's heap look that much bigger, and every
+        # fork of a snapshot capture copy that many more page-table entries.
+        self._rows_map = mmap.mmap(-1, 8 * APPLY_COLUMNS * max(1, self.cap))
+        self.rows = memoryview(self._rows_map).cast("q")
         self.rss = array("q")
         self.note_rss()
         self.gc_log = os.environ.get("JSB_E2E_GC_LOG")
