@@ -87,6 +87,7 @@ def test_lag_is_from_the_acknowledgement_to_the_apply() -> None:
     applies = np.array([[1, 12_000_000, 5_000_000], [2, 19_000_000, 6_000_000]], dtype=np.int64)
     level = lag_level(0.5, 100.0, 1.0, rows, 0, applies)
     assert level["lag_ms"]["max"] == 2.0
+    assert level["lag_ms"]["p99"] < level["lag_ms"]["p99.9"] < level["lag_ms"]["max"]
     assert level["lag_min_ms"] == -1.0
     assert level["lag_negative_share"] == 0.5
     assert level["stamp_to_apply_ms"]["max"] == 13.0

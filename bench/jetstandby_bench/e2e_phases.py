@@ -234,7 +234,9 @@ def lag_level(
         "failed": failed,
         "latency_ms": dict(zip(("p50", "p99", "p99.9"), pct(latency, (50, 99, 99.9)), strict=True)),
         "lag_ms": {
-            **dict(zip(("p50", "p99"), pct(np.maximum(lag, 0), (50, 99)), strict=True)),
+            **dict(
+                zip(("p50", "p99", "p99.9"), pct(np.maximum(lag, 0), (50, 99, 99.9)), strict=True)
+            ),
             "max": round(float(lag.max(initial=0)), 3),
         },
         "lag_negative_share": round(float((lag < 0).mean()), 4) if len(lag) else 0.0,

@@ -153,7 +153,7 @@ def _add_e2e_bench(which: Any) -> None:
     seconds = _positive_float
     e2e.add_argument("--duration", type=seconds("--duration"), default=10.0, help="max-rate run")
     e2e.add_argument("--warmup", type=seconds("--warmup"), default=2.0)
-    e2e.add_argument("--lag-duration", type=seconds("--lag-duration"), default=10.0)
+    e2e.add_argument("--lag-duration", type=seconds("--lag-duration"), default=30.0)
     e2e.add_argument("--client-procs", type=_count("--client-procs"), default=2)
     e2e.add_argument("--concurrency", type=_count("--concurrency"), default=64, help="per proc")
     e2e.add_argument("--connections", type=_count("--connections"), default=4, help="per proc")
