@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -128,6 +130,21 @@ async def test_sync_always_is_written_to_the_config_and_serves() -> None:
         assert await publish(server.url, 2) == [1, 2]
 
 
+async def gomaxprocs(server: NatsServer) -> int:
+    with await asyncio.to_thread(urllib.request.urlopen, server.monitor_url + "/varz") as answer:
+        return int(json.loads(answer.read())["gomaxprocs"])
+
+
+async def test_an_embedded_server_runs_go_on_one_thread_unless_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GOMAXPROCS", "2")
+    async with NatsServer() as server:
+        assert await gomaxprocs(server) == 1
+    async with NatsServer(go_max_procs=None) as server:  # Go's own: here, the environment's
+        assert await gomaxprocs(server) == 2
+
+
 async def test_a_paused_server_serves_after_resume_and_stops_gracefully(
     nats_server: NatsServer,
 ) -> None:
@@ -206,6 +223,7 @@ async def test_a_given_store_dir_is_kept_after_close(tmp_path: Path) -> None:
         ({"name": "has space"}, "name"),
         ({"routes": ["nats-route://127.0.0.1:1"]}, "cluster_name"),
         ({"cluster_name": "c"}, "routes"),
+        ({"go_max_procs": 0}, "go_max_procs"),
     ],
 )
 def test_bad_arguments_name_the_field(kwargs: dict[str, object], field: str) -> None:

@@ -44,6 +44,8 @@ DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_NAME: Final = "jetstandby"
 DEFAULT_START_TIMEOUT: Final = 15.0
 DEFAULT_STOP_TIMEOUT: Final = 10.0
+#: GOMAXPROCS of an embedded server (see NatsServer).
+DEFAULT_GO_MAX_PROCS: Final = 1
 KILL_REAP_TIMEOUT: Final = 5.0
 HTTP_REQUEST_TIMEOUT: Final = 2.0
 POLL_FIRST_DELAY: Final = 0.005
@@ -123,6 +125,11 @@ class NatsServer:
     ``sync_always`` JetStream fsyncs every write before acking (otherwise it syncs
     every two minutes). ``cluster_name``, ``cluster_port`` and ``routes`` (route URLs of
     the other nodes) make the server a node of a JetStream cluster; see NatsCluster.
+    ``go_max_procs`` (default 1) sets the server's ``GOMAXPROCS``; None leaves Go's default,
+    one per core. One is enough for what an embedded server carries, and it shares the
+    machine with the nodes: with one per core, Go wakes another thread for work it hands
+    between goroutines, and those threads take the cores the nodes need (see the README's
+    end-to-end figures).
 
     ``async with NatsServer() as server`` starts the server and closes it on exit.
     """
@@ -141,8 +148,11 @@ class NatsServer:
         cluster_port: int | None = None,
         routes: Sequence[str] = (),
         binary: Path | None = None,
+        go_max_procs: int | None = DEFAULT_GO_MAX_PROCS,
     ) -> None:
         _check_name("name", name)
+        if go_max_procs is not None and go_max_procs < 1:
+            raise ConfigError("go_max_procs", f"must be 1 or more, or None, got {go_max_procs}")
         for field, value in (("port", port), ("http_port", http_port)):
             _check_port(field, value)
         _check_cluster(cluster_name, cluster_port, routes)
@@ -158,6 +168,7 @@ class NatsServer:
         self._cluster_name = cluster_name
         self._routes = tuple(routes)
         self._binary = binary
+        self._go_max_procs = go_max_procs
         self._requested = (port, http_port, cluster_port)
         self._port, self._http_port, self._cluster_port = self._requested
         self._ports_used = False
@@ -362,12 +373,18 @@ class NatsServer:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
+                env=self._env(),
             )
         _guard_pid(proc.pid)
         self._proc = proc
         self._paused = False
         logger.debug("%s: spawned pid %d with %s", self._name, proc.pid, self.config_file)
         return proc
+
+    def _env(self) -> dict[str, str] | None:
+        if self._go_max_procs is None:
+            return None  # inherited, GOMAXPROCS included
+        return {**os.environ, "GOMAXPROCS": str(self._go_max_procs)}
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process) -> None:
         delay = POLL_FIRST_DELAY
@@ -507,6 +524,7 @@ class NatsCluster:
     and routes to all the others. Cluster ports are picked at construction; client and
     monitoring ports at the first start; all are kept, so a node stopped, killed or
     paused through ``cluster.nodes[i]`` rejoins with the same identity when started.
+    ``go_max_procs`` applies to each node, as for NatsServer.
 
     ``async with NatsCluster() as cluster`` starts it and closes it on exit.
     """
@@ -520,6 +538,7 @@ class NatsCluster:
         host: str = DEFAULT_HOST,
         sync_always: bool = False,
         binary: Path | None = None,
+        go_max_procs: int | None = DEFAULT_GO_MAX_PROCS,
     ) -> None:
         if size < 2:
             raise ConfigError("size", f"a cluster needs at least 2 nodes, got {size}")
@@ -540,6 +559,7 @@ class NatsCluster:
                 cluster_port=port,
                 routes=[route for route in routes if route != own_route],
                 binary=binary,
+                go_max_procs=go_max_procs,
             )
             for index, (port, own_route) in enumerate(zip(cluster_ports, routes, strict=True), 1)
         ]
