@@ -105,3 +105,23 @@ def test_a_missed_lag_target_names_the_standby_s_waits_and_pauses() -> None:
     assert "0.28 of a core" in cause and "306 ms in every second" in cause
     assert "primary 406, nats-server1 1111" in cause
     assert "13.5 ms at most (42 collections, 0 full)" in cause
+
+
+def test_bench_lag_repeats_a_fixed_rate_on_fresh_nodes_and_reports_the_median() -> None:
+    argv = [sys.executable, "-m", "jetstandby", "bench", "lag", "--json", "--runs", "2"]
+    argv += ["--rate", "150", "--duration", "1", "--warmup-rate", "150", "--warmup", "0.5"]
+    argv += ["--client-procs", "1", "--connections", "1"]
+    done = subprocess.run(argv, capture_output=True, timeout=110, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    result = json.loads(done.stdout)
+    assert len(result["runs"]) == 2
+    for run in result["runs"]:
+        assert run["not_applied"] == 0 and run["failed"] == 0
+        assert run["achieved_per_s"] > 0
+        assert run["lag_ms"]["p99"] <= run["lag_ms"]["p99.9"] <= run["lag_ms"]["max"]
+    p99s = sorted(run["lag_ms"]["p99"] for run in result["runs"])
+    assert result["lag_p99_ms"] == {
+        "median": round(sum(p99s) / 2, 3),
+        "min": p99s[0],
+        "max": p99s[1],
+    }

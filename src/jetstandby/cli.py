@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--runs", type=_count("--runs"), default=3)
     engine.add_argument("--json", action="store_true")
     _add_e2e_bench(which)
+    _add_lag_bench(which)
     _add_faults_bench(which)
     boot = which.add_parser(
         "bootstrap", help="a new standby caught up by full replay vs by snapshot plus tail"
@@ -143,6 +144,22 @@ def _add_faults_bench(which: Any) -> None:
     faults.add_argument("--only", nargs="+", default=[], metavar="NAME", help="these scenarios")
     faults.add_argument("--keep", action="store_true", help="keep histories and node logs")
     faults.add_argument("--json", action="store_true")
+
+
+def _add_lag_bench(which: Any) -> None:
+    lag = which.add_parser(
+        "lag",
+        help="the standby's lag at one fixed rate, over several fresh runs: each and the median",
+    )
+    seconds = _positive_float
+    lag.add_argument("--rate", type=seconds("--rate"), default=3050.0, help="commands/s")
+    lag.add_argument("--duration", type=seconds("--duration"), default=30.0, help="per run")
+    lag.add_argument("--runs", type=_count("--runs"), default=5)
+    lag.add_argument("--warmup-rate", type=seconds("--warmup-rate"), default=4000.0)
+    lag.add_argument("--warmup", type=seconds("--warmup"), default=15.0)
+    lag.add_argument("--client-procs", type=_count("--client-procs"), default=2)
+    lag.add_argument("--connections", type=_count("--connections"), default=4, help="per proc")
+    lag.add_argument("--json", action="store_true")
 
 
 def _add_e2e_bench(which: Any) -> None:
@@ -332,6 +349,22 @@ async def _bench(args: argparse.Namespace, console: Console) -> int:
                 skip_failover=args.skip_failover,
                 skip_profile=args.skip_profile,
                 report_dir=None if args.no_report else Path(args.report_dir),
+                as_json=args.json,
+            )
+        )
+    elif args.bench == "lag":
+        from jetstandby_bench.e2e_phases import LoadShape
+        from jetstandby_bench.lagruns import LagBench
+        from jetstandby_bench.lagruns import run as run_lag
+
+        result = await run_lag(
+            LagBench(
+                rate=args.rate,
+                duration=args.duration,
+                runs=args.runs,
+                warmup_rate=args.warmup_rate,
+                warmup=args.warmup,
+                shape=LoadShape(client_procs=args.client_procs, connections=args.connections),
                 as_json=args.json,
             )
         )

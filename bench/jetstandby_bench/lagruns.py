@@ -1,0 +1,138 @@
+"""``jetstandby bench lag``: the standby's lag at one fixed rate, over several fresh runs.
+
+On a shared machine the lag p99 of a single ``bench e2e`` level moves by a factor of two
+from run to run (a snapshot falls in the window or not, a neighbour is busy or not). This
+bench repeats one open-loop level with the e2e bench's own nodes, load processes and
+measurement, each run on a fresh server and fresh nodes, after a warm-up that builds the
+books and the exactly-once record, and reports every run and the median of their p99s.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from jetstandby.server import NatsServer
+from jetstandby_bench import e2e_report
+from jetstandby_bench.e2e_phases import LoadShape, Setup, lag_level, offered_load, pair
+from jetstandby_bench.e2e_procs import read_rows, stop_node
+
+JOURNAL = "lagruns"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LagBench:
+    rate: float = 3050.0
+    duration: float = 30.0
+    runs: int = 5
+    warmup_rate: float = 4000.0
+    warmup: float = 15.0
+    shape: LoadShape = field(default_factory=LoadShape)
+    as_json: bool = False
+
+
+async def one_run(bench: LagBench, workdir: Path) -> dict[str, Any]:
+    """A fresh server and pair, the warm-up, then the measured level."""
+    apply_log = workdir / f"{JOURNAL}.applies"
+    expected = bench.warmup_rate * bench.warmup + bench.rate * bench.duration
+    recording = {"JSB_E2E_APPLY_LOG": str(apply_log), "JSB_E2E_APPLY_CAP": str(int(expected * 2))}
+    async with NatsServer() as server:
+        setup = Setup("single", server.url, [server.pid], 1, workdir, secrets.token_urlsafe(16))
+        primary, standby = await pair(setup, JOURNAL, standby_env=recording)
+        nodes = {
+            "primary": primary.proc.pid,
+            "standby": standby.proc.pid,
+            "nats-server1": server.pid,
+        }
+        try:
+            await offered_load(
+                setup, JOURNAL, bench.shape, bench.warmup_rate, bench.warmup, "warm", nodes
+            )
+            level = await offered_load(
+                setup, JOURNAL, bench.shape, bench.rate, bench.duration, "lag", nodes
+            )
+            tail = (await primary.status())["last_applied_seq"]
+            await standby.wait_status(lambda s: s["last_applied_seq"] >= tail, 60)
+        finally:
+            await stop_node(standby)  # it writes its apply log as it exits
+            await stop_node(primary)
+    measured = lag_level(
+        0.0, bench.rate, bench.duration, level.rows, level.failed, read_rows(apply_log, 3)
+    )
+    del measured["load"]  # a fixed rate here, not a share of a measured maximum
+    return {
+        **measured,
+        "retried": level.retried,
+        "cpu_cores": level.cores,
+        "run_queue_wait_ms_per_s": level.waited,
+    }
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+    p99s = [run["lag_ms"]["p99"] for run in runs]
+    return {"median": round(statistics.median(p99s), 3), "min": min(p99s), "max": max(p99s)}
+
+
+async def run(bench: LagBench) -> dict[str, Any]:
+    say = e2e_report.say_stderr if bench.as_json else e2e_report.say
+    base = Path(tempfile.mkdtemp(prefix="jsb-lag-"))
+    runs = []
+    for n in range(bench.runs):
+        warm = f"{bench.warmup:g} s at {bench.warmup_rate:,.0f}/s"
+        say(
+            f"run {n + 1} of {bench.runs}: {warm}, then {bench.duration:g} s at {bench.rate:,.0f}/s"
+        )
+        workdir = base / f"run{n + 1}"
+        workdir.mkdir()
+        try:
+            runs.append(await one_run(bench, workdir))
+        except BaseException:
+            e2e_report.say_stderr(f"failed: the node and load logs are kept in {workdir}")
+            raise
+    shutil.rmtree(base, ignore_errors=True)
+    result = {
+        "rate": bench.rate,
+        "duration": bench.duration,
+        "warmup_rate": bench.warmup_rate,
+        "warmup": bench.warmup,
+        "lag_p99_ms": summary(runs),
+        "runs": runs,
+    }
+    show(result, as_json=bench.as_json)
+    return result
+
+
+def show(result: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+        return
+    table = Table(
+        title=f"standby lag at {result['rate']:,.0f}/s, {result['duration']:g} s per run (ms)"
+    )
+    for column in ("run", "acked/s", "latency p99", "lag p99", "p99.9", "max", "failed / retried"):
+        table.add_column(column, justify="right")
+    for n, level in enumerate(result["runs"], 1):
+        lag = level["lag_ms"]
+        table.add_row(
+            str(n), f"{level['achieved_per_s']:,.0f}", f"{level['latency_ms']['p99']:.1f}",
+            f"{lag['p99']:.1f}", f"{lag['p99.9']:.1f}", f"{lag['max']:.1f}",
+            f"{level['failed']} / {level['retried']}",
+        )  # fmt: skip
+    p99 = result["lag_p99_ms"]
+    console = Console()
+    console.print(table)
+    spread = f"{p99['min']:.1f} to {p99['max']:.1f}"
+    console.print(
+        f"lag p99: median {p99['median']:.1f} ms over {len(result['runs'])} runs, {spread}"
+    )
