@@ -214,9 +214,10 @@ def collections(log: Any, window_ns: tuple[int, int]) -> dict[str, float]:
 
 
 def lag_level(
-    fraction: float, rate: float, duration: float, rows: Any, failed: int, applies: Any
+    fraction: float | None, rate: float, duration: float, rows: Any, failed: int, applies: Any
 ) -> dict[str, Any]:
-    """Latency and lag of one offered load. ``applies``: the standby's (seq, applied, stamp)."""
+    """Latency and lag of one offered load. ``applies``: the standby's (seq, applied, stamp).
+    ``fraction``: of the measured maximum, or None for a load given as a rate."""
     latency = (rows[:, 2] - rows[:, 1]) / 1e6
     by_seq = np.zeros(int(max(applies[:, 0].max(initial=0), rows[:, 0].max(initial=0))) + 1,
                       dtype=np.int64)  # fmt: skip
@@ -249,6 +250,38 @@ def lag_level(
     }
 
 
+def measured_level(
+    fraction: float | None, rate: float, duration: float, offered: Offered, applies: Any
+) -> dict[str, Any]:
+    """:func:`lag_level` of an offered load, with its retries and what the nodes used."""
+    return {
+        **lag_level(fraction, rate, duration, offered.rows, offered.failed, applies),
+        "retried": offered.retried,
+        "cpu_cores": offered.cores,
+        "run_queue_wait_ms_per_s": offered.waited,
+    }
+
+
+def metered_nodes(
+    setup: Setup, primary: NodeProcess, standby: NodeProcess
+) -> dict[str, int | None]:
+    """The processes whose CPU and run-queue waits a level reports, by name."""
+    nodes: dict[str, int | None] = {"primary": primary.proc.pid, "standby": standby.proc.pid}
+    nodes.update({f"nats-server{i + 1}": pid for i, pid in enumerate(setup.server_pids)})
+    return nodes
+
+
+async def caught_up(primary: NodeProcess, standby: NodeProcess) -> None:
+    """Until the standby has applied everything the primary has (at most 60 s)."""
+    tail = (await primary.status())["last_applied_seq"]
+    await standby.wait_status(lambda s: s["last_applied_seq"] >= tail, 60)
+
+
+async def stop_pair(primary: NodeProcess, standby: NodeProcess) -> None:
+    await stop_node(standby)  # it writes its apply log as it exits
+    await stop_node(primary)
+
+
 async def throughput_and_lag(
     setup: Setup,
     shape: LoadShape,
@@ -268,8 +301,7 @@ async def throughput_and_lag(
         standby_env={**recording, "JSB_E2E_GC_LOG": str(gc_logs["standby"])},
         primary_env={"JSB_E2E_GC_LOG": str(gc_logs["primary"])},
     )
-    nodes: dict[str, int | None] = {"primary": primary.proc.pid, "standby": standby.proc.pid}
-    nodes.update({f"nats-server{i + 1}": pid for i, pid in enumerate(setup.server_pids)})
+    nodes = metered_nodes(setup, primary, standby)
     try:
         result = await max_throughput(
             setup, journal, shape, primary, standby, warmup=warmup, duration=duration
@@ -280,19 +312,14 @@ async def throughput_and_lag(
             tag = f"lag{int(fraction * 100)}_"
             offered = await offered_load(setup, journal, shape, rate, lag_duration, tag, nodes)
             levels.append((fraction, rate, offered))
-        tail = (await primary.status())["last_applied_seq"]
-        await standby.wait_status(lambda s: s["last_applied_seq"] >= tail, 60)
+        await caught_up(primary, standby)
     finally:
-        await stop_node(standby)  # it writes its apply log as it exits
-        await stop_node(primary)
+        await stop_pair(primary, standby)
     applies = read_rows(apply_log, 3)
     gcs = {role: read_rows(path, 3) for role, path in gc_logs.items()}
     result["levels"] = [
         {
-            **lag_level(fraction, rate, lag_duration, o.rows, o.failed, applies),
-            "retried": o.retried,
-            "cpu_cores": o.cores,
-            "run_queue_wait_ms_per_s": o.waited,
+            **measured_level(fraction, rate, lag_duration, o, applies),
             "gc": {role: collections(log, o.window_ns) for role, log in gcs.items()},
         }
         for fraction, rate, o in levels
@@ -310,8 +337,7 @@ async def profile_primary(setup: Setup, shape: LoadShape, duration: float) -> di
             setup, journal, shape, primary, standby, warmup=1.0, duration=duration
         )
     finally:
-        await stop_node(standby)
-        await stop_node(primary)  # dumps the profile at exit
+        await stop_pair(primary, standby)  # the primary dumps its profile as it exits
     return {
         "throughput_under_profiler": result["max_throughput"],
         "cpu_cores": result["cpu_cores"],

@@ -24,8 +24,17 @@ from rich.table import Table
 
 from jetstandby.server import NatsServer
 from jetstandby_bench import e2e_report
-from jetstandby_bench.e2e_phases import LoadShape, Setup, lag_level, offered_load, pair
-from jetstandby_bench.e2e_procs import read_rows, stop_node
+from jetstandby_bench.e2e_phases import (
+    LoadShape,
+    Setup,
+    caught_up,
+    measured_level,
+    metered_nodes,
+    offered_load,
+    pair,
+    stop_pair,
+)
+from jetstandby_bench.e2e_procs import read_rows
 
 JOURNAL = "lagruns"
 
@@ -49,11 +58,7 @@ async def one_run(bench: LagBench, workdir: Path) -> dict[str, Any]:
     async with NatsServer() as server:
         setup = Setup("single", server.url, [server.pid], 1, workdir, secrets.token_urlsafe(16))
         primary, standby = await pair(setup, JOURNAL, standby_env=recording)
-        nodes = {
-            "primary": primary.proc.pid,
-            "standby": standby.proc.pid,
-            "nats-server1": server.pid,
-        }
+        nodes = metered_nodes(setup, primary, standby)
         try:
             await offered_load(
                 setup, JOURNAL, bench.shape, bench.warmup_rate, bench.warmup, "warm", nodes
@@ -61,21 +66,10 @@ async def one_run(bench: LagBench, workdir: Path) -> dict[str, Any]:
             level = await offered_load(
                 setup, JOURNAL, bench.shape, bench.rate, bench.duration, "lag", nodes
             )
-            tail = (await primary.status())["last_applied_seq"]
-            await standby.wait_status(lambda s: s["last_applied_seq"] >= tail, 60)
+            await caught_up(primary, standby)
         finally:
-            await stop_node(standby)  # it writes its apply log as it exits
-            await stop_node(primary)
-    measured = lag_level(
-        0.0, bench.rate, bench.duration, level.rows, level.failed, read_rows(apply_log, 3)
-    )
-    del measured["load"]  # a fixed rate here, not a share of a measured maximum
-    return {
-        **measured,
-        "retried": level.retried,
-        "cpu_cores": level.cores,
-        "run_queue_wait_ms_per_s": level.waited,
-    }
+            await stop_pair(primary, standby)
+    return measured_level(None, bench.rate, bench.duration, level, read_rows(apply_log, 3))
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
