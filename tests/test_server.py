@@ -276,6 +276,21 @@ async def restart_and_await_rejoin(cluster: NatsCluster, node: NatsServer) -> St
         return await eventually(lambda: all_replicas_current(nc, names))
 
 
+async def test_a_cluster_is_ready_only_once_its_leader_sees_every_node() -> None:
+    # /healthz of each node that runs is not enough: the third has never run, so the leader
+    # could not place an R3 stream, and the cluster must not count as started.
+    cluster = NatsCluster()
+    first, second, third = cluster.nodes
+    try:
+        await asyncio.gather(first.start(), second.start())
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(cluster._wait_for_peers(), 1.0)
+        await third.start()
+        await asyncio.wait_for(cluster._wait_for_peers(), 15)
+    finally:
+        await cluster.aclose()
+
+
 async def test_cluster_acks_without_a_follower_which_then_rejoins(
     nats_cluster: NatsCluster,
 ) -> None:

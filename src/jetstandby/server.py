@@ -401,10 +401,14 @@ class NatsServer:
     async def _answers_as_us(self) -> bool:
         # Guards against another server answering on our monitoring port.
         _, body = await _http_get(self._host, self._known(self._http_port), "/varz")
-        with contextlib.suppress(ValueError):
-            varz = json.loads(body)
-            return bool(varz.get("server_name") == self._name and varz.get("port") == self._port)
-        return False
+        varz = _json_object(body)
+        return bool(varz.get("server_name") == self._name and varz.get("port") == self._port)
+
+    async def _meta_group(self) -> dict[str, Any]:
+        """This node's view of the JetStream meta group (``/jsz``); {} if it has none."""
+        status, body = await _http_get(self._host, self._known(self._http_port), "/jsz")
+        meta = _json_object(body).get("meta_cluster") if status == 200 else None
+        return meta if isinstance(meta, dict) else {}
 
     def _early_exit_error(self, proc: asyncio.subprocess.Process) -> ServerError:
         self._forget(proc)
@@ -581,7 +585,8 @@ class NatsCluster:
         return ",".join(self.urls)
 
     async def start(self, *, timeout: float = DEFAULT_START_TIMEOUT) -> None:
-        """Start all nodes concurrently; return once each is current with a meta leader.
+        """Start all nodes concurrently; return once each is current with a meta leader
+        and that leader counts every other node as an online peer.
 
         Creating an R``size`` stream right after succeeds. Raises ServerError (naming
         every node that failed) after killing all nodes if any fails to start.
@@ -596,7 +601,41 @@ class NatsCluster:
             await self._stop_all(kill=True)
             problems = "\n".join(str(exc) for exc in failed.exceptions)
             raise ServerError(f"cluster failed to start:\n{problems}") from failed
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wait_for_peers()
+        except TimeoutError:
+            await self._stop_all(kill=True)
+            raise ServerError(
+                f"cluster {self._nodes[0].name}: the meta leader did not see every node "
+                f"online within {timeout}s"
+            ) from None
         logger.info("cluster %s ready: %s", self._nodes[0].name, self.url)
+
+    async def _wait_for_peers(self) -> None:
+        """Until the meta leader lists every other node as a current, online peer.
+
+        Each node's ``/healthz`` only says it is current with *a* leader. The leader places
+        a stream's replicas on the peers it has heard from (their server statistics); a
+        node it has not heard from yet is "offline", and an R``size`` stream created then
+        fails with "no suitable peers for placement, peer offline".
+        """
+        delay = POLL_FIRST_DELAY
+        names = {node.name for node in self._nodes}
+        while True:
+            for node in self._nodes:
+                meta = await node._meta_group() if node.running else {}
+                if meta.get("leader") != node.name:
+                    continue
+                online = {
+                    peer.get("name")
+                    for peer in meta.get("replicas") or []
+                    if isinstance(peer, dict) and peer.get("current") and not peer.get("offline")
+                }
+                if online >= names - {node.name}:
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, POLL_MAX_DELAY)
 
     async def aclose(self) -> None:
         """Stop all nodes gracefully and remove an owned temporary directory. Idempotent."""
@@ -701,6 +740,15 @@ async def _kill_and_reap(proc: asyncio.subprocess.Process) -> None:
         proc.kill()
     if not await _exited_within(proc, KILL_REAP_TIMEOUT):
         raise ServerError(f"nats-server pid {proc.pid} survived SIGKILL")
+
+
+def _json_object(body: str) -> dict[str, Any]:
+    """``body`` as a JSON object, or an empty one if it is not one."""
+    with contextlib.suppress(ValueError):
+        value = json.loads(body)
+        if isinstance(value, dict):
+            return value
+    return {}
 
 
 async def _http_get(host: str, port: int, path: str) -> tuple[int | None, str]:
