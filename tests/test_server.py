@@ -143,6 +143,8 @@ async def test_an_embedded_server_runs_go_on_one_thread_unless_told(
         assert await gomaxprocs(server) == 1
     async with NatsServer(go_max_procs=None) as server:  # Go's own: here, the environment's
         assert await gomaxprocs(server) == 2
+    async with NatsCluster() as cluster:  # a cluster's nodes keep Go's own unless told
+        assert [await gomaxprocs(node) for node in cluster.nodes] == [2, 2, 2]
 
 
 async def test_a_paused_server_serves_after_resume_and_stops_gracefully(
