@@ -51,6 +51,7 @@ import nats.errors
 from rich.console import Console
 from rich.table import Table
 
+from jetstandby.aio import cancel_and_wait
 from jetstandby.bootstrap import find_start, stream_bounds
 from jetstandby.config import JournalSettings, NodeSettings, SnapshotSettings
 from jetstandby.engines.orderbook import OrderBookEngine, generate
@@ -154,9 +155,7 @@ class Standby:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         await close_quietly(self._nc)
 
     async def __aenter__(self) -> Self:

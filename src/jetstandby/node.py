@@ -9,7 +9,6 @@ what another writer appended and try again, up to ``promote_attempts``), then se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any, Final
 import msgspec
 
 from jetstandby import heap, wire
+from jetstandby.aio import cancel_and_wait
 from jetstandby.bootstrap import RetentionWatch, Snapshotter, Start, find_start, stream_bounds
 from jetstandby.config import NodeSettings
 from jetstandby.engine import Engine
@@ -128,15 +128,13 @@ class Node:
             await self._replay_until_promoted()
             await self._finished.wait()
         finally:
-            for task in helpers:
-                task.cancel()
-            for task in helpers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if self._primary is not None:
-                await self._primary.aclose()
-            if self._snapshotter is not None:
-                await self._snapshotter.store.aclose()
+            try:
+                await cancel_and_wait(*helpers)
+            finally:  # even if stopped again meanwhile
+                if self._primary is not None:
+                    await self._primary.aclose()
+                if self._snapshotter is not None:
+                    await self._snapshotter.store.aclose()
         return self.role
 
     async def wait_started(self) -> None:

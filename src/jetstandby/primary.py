@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from jetstandby import submission, wire
+from jetstandby.aio import cancel_and_wait
 from jetstandby.errors import (
     ConfigError,
     EngineFailure,
@@ -99,8 +100,10 @@ class PrimaryService:
         if self._replier is not None:
             self._replies.append(("", b""))  # sentinel: flush, then stop
             self._reply_wanted.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._replier
+            try:
+                await asyncio.wait([self._replier])
+            finally:  # done, unless this close was cancelled: then stop it
+                await cancel_and_wait(self._replier)
             self._replier = None
 
     # -- one submission -------------------------------------------------------------------

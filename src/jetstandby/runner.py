@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 
 from jetstandby.admin import AdminServer, AdminSettings, load_token
+from jetstandby.aio import cancel_and_wait
 from jetstandby.engine import load_engine
 from jetstandby.journal.stream import close_quietly, connect
 from jetstandby.node import Node
@@ -58,6 +59,4 @@ async def run_node(config: RunConfig, *, on_ready: Callable[[str], None]) -> tup
                 await asyncio.Event().wait()
             return role, node.deposed
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)

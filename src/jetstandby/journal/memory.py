@@ -8,10 +8,10 @@ nothing else: no persistence, no network, no windows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 
 from jetstandby import wire
+from jetstandby.aio import cancel_and_wait
 from jetstandby.errors import FencedError, JournalClosed, JournalError, JournalUnavailable
 from jetstandby.journal.base import (
     Ack,
@@ -192,6 +192,4 @@ class MemorySubscription:
 
     async def aclose(self) -> None:
         self.closed = True
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)

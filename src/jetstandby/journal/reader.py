@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from jetstandby.aio import cancel_and_wait
 from jetstandby.config import JournalSettings, ReplaySettings
 from jetstandby.errors import JournalUnavailable
 from jetstandby.journal.base import OnInterrupt, OnMessage
@@ -143,10 +144,7 @@ class FeedSubscription:
     async def aclose(self) -> None:
         """Stop delivery and delete the consumer (best effort; it expires anyway)."""
         self._closed = True
-        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+        await cancel_and_wait(self._watchdog)
         if self._sub is not None:
             sub, self._sub = self._sub, None
             with contextlib.suppress(nats.errors.Error, OSError):

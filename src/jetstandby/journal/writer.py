@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from jetstandby import wire
+from jetstandby.aio import cancel_and_wait
 from jetstandby.config import JournalSettings
 from jetstandby.errors import (
     FencedError,
@@ -238,11 +239,7 @@ class CommandJournal:
             self._state = JournalState.CLOSED
             self._error = JournalClosed("journal closed")
         self._fail_pending(self._error or JournalClosed("journal closed"))
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         if self._sub is not None:
             sub, self._sub = self._sub, None
             with contextlib.suppress(nats.errors.Error):
