@@ -529,10 +529,7 @@ class NatsCluster:
     monitoring ports at the first start; all are kept, so a node stopped, killed or
     paused through ``cluster.nodes[i]`` rejoins with the same identity when started.
     ``go_max_procs`` applies to each node, as for NatsServer, but defaults to Go's own (one
-    thread per core): pinned to one, the slow fault scenario
-    ``test_r3_cluster_losing_servers_and_quorum`` (acknowledgements of commands stored before
-    quorum was lost reaching clients over a second late) failed in 2 of 3 runs; unpinned in
-    1 of 5.
+    thread per core), as a cluster of separate machines would run.
 
     ``async with NatsCluster() as cluster`` starts it and closes it on exit.
     """
