@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from nats.aio.msg import Msg
 
-from jetstandby import connect, ensure_stream, submission
+from jetstandby import connect, ensure_stream, submission, wire
 from jetstandby.aio import cancel_and_wait
 from jetstandby.client import Client
 from jetstandby.config import JournalSettings, NodeSettings, ReplaySettings
@@ -194,6 +194,38 @@ async def test_unsupported_commands_are_rejected_and_not_journaled(
         out = await client.submit("Put", 1, put("k", "v"))
     assert out.seq == 2  # nothing was journaled for the refused ones
     assert a.node.state.last_seq == 2
+
+
+async def test_an_overloaded_primary_refuses_before_applying_and_a_retry_succeeds(
+    start: object, nats_server: NatsServer
+) -> None:
+    # A burst of 2,000 arrives at memory speed: far more than 10 wait behind the first.
+    a = await start("a", primary=True, max_backlog=10)  # type: ignore[operator]
+    nc = await connect(nats_server.url)
+    try:
+        bodies = [
+            submission.encode_submission(submission.Submission(f"b{i}", "Put", 1, put("k", "v")))
+            for i in range(2000)
+        ]
+        subject = wire.submit_subject("kv")
+        msgs = await asyncio.gather(*(nc.request(subject, body, timeout=30) for body in bodies))
+        replies = {f"b{i}": submission.decode_reply(msg.data) for i, msg in enumerate(msgs)}
+        journal = await read_journal(nc, JournalSettings(journal="kv"))
+    finally:
+        await close_quietly(nc)
+    ok = {rid for rid, reply in replies.items() if reply.ok}
+    refused = {rid: reply for rid, reply in replies.items() if not reply.ok}
+    assert ok and refused
+    assert {reply.code for reply in refused.values()} == {"overloaded"}
+    assert all(reply.retriable and "max_backlog 10" in reply.error for reply in refused.values())
+    assert a.node.status().submissions_overloaded == len(refused)
+    # Nothing was applied or journaled for a refused submission ...
+    assert {env.request_id for _, env in journal if env.request_id} == ok
+    assert a.node.state.last_seq == len(ok) + 1  # and the epoch marker
+    # ... so its retry is applied now, once.
+    async with await Client.connect(nats_server.url, "kv") as client:
+        again = await client.submit("Put", 1, put("k", "v"), request_id=next(iter(refused)))
+    assert not again.deduplicated and again.seq == len(ok) + 2
 
 
 async def test_submit_without_a_primary_times_out_as_retriable(nats_server: NatsServer) -> None:

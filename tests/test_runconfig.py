@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from jetstandby.cli import EXIT_USAGE, main
+from jetstandby.config import MAX_BACKLOG
 from jetstandby.errors import ConfigError
 from jetstandby.runconfig import load
+from jetstandby.state import DEFAULT_DEDUP_WINDOW
 
 
 def test_precedence_flags_then_env_then_file(tmp_path: Path) -> None:
@@ -32,6 +34,13 @@ def test_the_capture_and_heap_settings_reach_the_node() -> None:
     env = {"JETSTANDBY_SNAPSHOT_CAPTURE": "thread", "JETSTANDBY_FREEZE_HEAP": "false"}
     settings = load(file=None, env=env).node_settings()
     assert settings.snapshots.capture == "thread" and not settings.freeze_heap
+
+
+def test_the_backlog_bound_reaches_the_node_and_stays_inside_the_exactly_once_window() -> None:
+    assert MAX_BACKLOG * 10 <= DEFAULT_DEDUP_WINDOW
+    assert load(file=None, env={}).node_settings().max_backlog == 1000
+    env = {"JETSTANDBY_MAX_BACKLOG": "50"}
+    assert load(file=None, env=env).node_settings().max_backlog == 50
 
 
 def test_defaults_and_a_random_node_id() -> None:
@@ -65,6 +74,8 @@ def test_defaults_and_a_random_node_id() -> None:
         ),
         ("freeze_heap = 'sometimes'\n", {}, "freeze_heap", "Expected `bool`"),
         ("snapshot_capture_timeout = 0\n", {}, "snapshot_capture_timeout", "positive"),
+        ("max_backlog = 0\n", {}, "max_backlog", "from 1 to 10000"),
+        ("max_backlog = 20000\n", {}, "max_backlog", "exactly-once window"),
     ],
 )
 def test_bad_values_name_the_key_and_the_source(

@@ -16,6 +16,10 @@ from jetstandby.errors import ConfigError
 from jetstandby.wire import check_journal_name, journal_subject, stream_name
 
 DEFAULT_JOURNAL: Final = "default"
+DEFAULT_MAX_BACKLOG: Final = 1_000
+#: A tenth of the exactly-once window (``jetstandby.state.DEFAULT_DEDUP_WINDOW``): a retry
+#: queued behind more than the window would be applied after its first try had left it.
+MAX_BACKLOG: Final = 10_000
 _NODE_ID: Final = re.compile(r"^[A-Za-z0-9_]{1,32}$")
 
 
@@ -217,6 +221,9 @@ class NodeSettings:
     promote_attempts: int = 5
     #: As primary, journal a digest checkpoint after every this many commands (0: never).
     checkpoint_every: int = 10_000
+    #: As primary, refuse a submission ``overloaded`` (retriable, nothing applied) while more
+    #: than this many others wait to be applied (1 to MAX_BACKLOG): see PrimaryService.
+    max_backlog: int = DEFAULT_MAX_BACKLOG
     #: Once the state is built (caught up, or primary), move every live object out of the
     #: garbage collector's full collections (:mod:`jetstandby.heap`): they walked the whole
     #: process and stopped replay for tens of milliseconds each.
@@ -229,3 +236,10 @@ class NodeSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < (1 if name == "promote_attempts" else 0):
                 raise ConfigError(name, f"must be a non-negative integer, got {value!r}")
+        backlog = self.max_backlog
+        if not isinstance(backlog, int) or not 1 <= backlog <= MAX_BACKLOG:
+            raise ConfigError(
+                "max_backlog",
+                f"must be an integer from 1 to {MAX_BACKLOG}, got {backlog!r}: a longer queue "
+                "could apply a retry after its first try left the exactly-once window",
+            )

@@ -330,6 +330,7 @@ class Node:
                 journal,
                 self._lost,
                 checkpoint_every=self.settings.checkpoint_every,
+                max_backlog=self.settings.max_backlog,
             )
             await self._primary.start()
             took = (time.monotonic() - self._promotion_started) * 1000
@@ -644,6 +645,7 @@ class Node:
             last_error=self._last_error or (str(p.error) if p.error else None),
             submissions_acknowledged=primary.acknowledged if primary else 0,
             submissions_rejected=primary.rejected if primary else 0,
+            submissions_overloaded=primary.overloaded if primary else 0,
             submissions_deduplicated=primary.deduplicated if primary else 0,
             transitions=list(self._transitions),
             skipped=list(self._skipped),

@@ -19,6 +19,7 @@ import msgspec
 
 from jetstandby.config import (
     DEFAULT_CAPTURE,
+    DEFAULT_MAX_BACKLOG,
     Capture,
     JournalSettings,
     NodeSettings,
@@ -46,6 +47,7 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     stay_up: bool = False
     durability: Literal["acked", "fsync"] = "acked"
     checkpoint_every: int = 10_000
+    max_backlog: int = DEFAULT_MAX_BACKLOG
     max_age: float = 0.0
     max_bytes: int = -1
     snapshots: bool = True
@@ -82,6 +84,7 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
             ),
             max_promote_lag=self.max_promote_lag,
             checkpoint_every=self.checkpoint_every,
+            max_backlog=self.max_backlog,
             freeze_heap=self.freeze_heap,
         )
 

@@ -59,6 +59,7 @@ class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
     state_digest: str = ""
     submissions_acknowledged: int = 0
     submissions_rejected: int = 0
+    submissions_overloaded: int = 0  # of those rejected: refused by admission control
     submissions_deduplicated: int = 0
     transitions: list[Transition] = msgspec.field(default_factory=list)
     #: Messages an operator skipped, oldest first.

@@ -25,9 +25,10 @@ class Code(StrEnum):
     NOT_PRIMARY = "not_primary"
     FENCED = "fenced"
     UNAVAILABLE = "unavailable"
+    OVERLOADED = "overloaded"
 
 
-RETRIABLE: Final = frozenset({Code.NOT_PRIMARY, Code.FENCED, Code.UNAVAILABLE})
+RETRIABLE: Final = frozenset({Code.NOT_PRIMARY, Code.FENCED, Code.UNAVAILABLE, Code.OVERLOADED})
 
 
 class Submission(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):

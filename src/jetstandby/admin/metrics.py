@@ -34,6 +34,11 @@ _COUNTERS: Final[tuple[tuple[str, str, str], ...]] = (
     ),
     ("submissions_rejected", "Submissions rejected.", "submissions_rejected"),
     (
+        "submissions_overloaded",
+        "Submissions refused by admission control (max_backlog).",
+        "submissions_overloaded",
+    ),
+    (
         "submissions_deduplicated",
         "Submissions answered from the dedup window.",
         "submissions_deduplicated",
