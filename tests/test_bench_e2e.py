@@ -110,7 +110,7 @@ def test_a_missed_lag_target_names_the_standby_s_waits_and_pauses() -> None:
 def test_bench_lag_repeats_a_fixed_rate_on_fresh_nodes_and_reports_the_median() -> None:
     argv = [sys.executable, "-m", "jetstandby", "bench", "lag", "--json", "--runs", "2"]
     argv += ["--rate", "150", "--duration", "1", "--warmup-rate", "150", "--warmup", "0.5"]
-    argv += ["--client-procs", "1", "--connections", "1"]
+    argv += ["--client-procs", "1", "--connections", "1", "--check-exactly-once"]
     done = subprocess.run(argv, capture_output=True, timeout=110, check=False)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     result = json.loads(done.stdout)
@@ -118,6 +118,8 @@ def test_bench_lag_repeats_a_fixed_rate_on_fresh_nodes_and_reports_the_median() 
     for run in result["runs"]:
         assert run["not_applied"] == 0 and run["failed"] == 0
         assert run["achieved_per_s"] > 0
+        assert run["duplicate_applies"] == 0 and run["overloaded"] == 0
+        assert run["journaled"] >= 150 * 1 + 150 * 0.5  # warm-up and level, and the marker
         assert run["lag_ms"]["p99"] <= run["lag_ms"]["p99.9"] <= run["lag_ms"]["max"]
     p99s = sorted(run["lag_ms"]["p99"] for run in result["runs"])
     assert result["lag_p99_ms"] == {

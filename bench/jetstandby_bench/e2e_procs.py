@@ -181,8 +181,11 @@ class LoadProcess:
             self.proc.stdin.write(word.encode() + b"\n")
             await self.proc.stdin.drain()
 
-    async def finish(self, timeout: float = 120) -> np.ndarray[Any, Any]:
-        """Wait for DONE; the rows ``(seq, sent_ns, acked_ns)`` as an ``(n, 3)`` int64 array."""
+    async def finish(self, timeout: float = 600) -> np.ndarray[Any, Any]:
+        """Wait for DONE; the rows ``(seq, sent_ns, acked_ns)`` as an ``(n, 3)`` int64 array.
+
+        Generous: beyond capacity, an open-loop process holds hundreds of thousands of
+        submissions that retry until their deadline, on a starved core (over 120 s)."""
         self.summary = json.loads(await asyncio.wait_for(self._expect("DONE"), timeout))
         await self.proc.wait()
         data = await asyncio.to_thread(self.out.read_bytes)

@@ -5,6 +5,10 @@ from run to run (a snapshot falls in the window or not, a neighbour is busy or n
 bench repeats one open-loop level with the e2e bench's own nodes, load processes and
 measurement, each run on a fresh server and fresh nodes, after a warm-up that builds the
 books and the exactly-once record, and reports every run and the median of their p99s.
+
+``--check-exactly-once`` also reads the whole journal after each run and counts the request
+ids journaled more than once (must be 0), beside the primary's ``overloaded`` refusals: at a
+rate beyond capacity (``--rate 12000``) this is the admission-control check.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from jetstandby.config import JournalSettings
+from jetstandby.journal.stream import close_quietly, connect, read_journal
+from jetstandby.procs import NodeProcess
 from jetstandby.server import NatsServer
 from jetstandby_bench import e2e_report
 from jetstandby_bench.e2e_phases import (
@@ -47,6 +55,7 @@ class LagBench:
     warmup_rate: float = 4000.0
     warmup: float = 15.0
     shape: LoadShape = field(default_factory=LoadShape)
+    check_exactly_once: bool = False
     as_json: bool = False
 
 
@@ -67,9 +76,28 @@ async def one_run(bench: LagBench, workdir: Path) -> dict[str, Any]:
                 setup, JOURNAL, bench.shape, bench.rate, bench.duration, "lag", nodes
             )
             await caught_up(primary, standby)
+            checked = await exactly_once(server.url, primary) if bench.check_exactly_once else {}
         finally:
             await stop_pair(primary, standby)
-    return measured_level(None, bench.rate, bench.duration, level, read_rows(apply_log, 3))
+    measured = measured_level(None, bench.rate, bench.duration, level, read_rows(apply_log, 3))
+    return {**measured, **checked}
+
+
+async def exactly_once(url: str, primary: NodeProcess) -> dict[str, int]:
+    """Request ids the journal holds more than once (each extra copy counts), and the
+    primary's ``overloaded`` refusals."""
+    status = await primary.status()
+    nc = await connect(url, name="jetstandby-bench-reader")
+    try:
+        journal = await read_journal(nc, JournalSettings(journal=JOURNAL))
+    finally:
+        await close_quietly(nc)
+    ids = Counter(env.request_id for _, env in journal if env.request_id)
+    return {
+        "journaled": len(journal),
+        "duplicate_applies": sum(count - 1 for count in ids.values()),
+        "overloaded": int(status["submissions_overloaded"]),
+    }
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
@@ -116,12 +144,16 @@ def show(result: dict[str, Any], *, as_json: bool) -> None:
     )
     for column in ("run", "acked/s", "latency p99", "lag p99", "p99.9", "max", "failed / retried"):
         table.add_column(column, justify="right")
+    checked = "duplicate_applies" in result["runs"][0]
+    if checked:
+        table.add_column("overloaded / applied twice", justify="right")
     for n, level in enumerate(result["runs"], 1):
         lag = level["lag_ms"]
         table.add_row(
             str(n), f"{level['achieved_per_s']:,.0f}", f"{level['latency_ms']['p99']:.1f}",
             f"{lag['p99']:.1f}", f"{lag['p99.9']:.1f}", f"{lag['max']:.1f}",
             f"{level['failed']} / {level['retried']}",
+            *([f"{level['overloaded']} / {level['duplicate_applies']}"] if checked else []),
         )  # fmt: skip
     p99 = result["lag_p99_ms"]
     console = Console()

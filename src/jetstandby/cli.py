@@ -159,6 +159,11 @@ def _add_lag_bench(which: Any) -> None:
     lag.add_argument("--warmup", type=seconds("--warmup"), default=15.0)
     lag.add_argument("--client-procs", type=_count("--client-procs"), default=2)
     lag.add_argument("--connections", type=_count("--connections"), default=4, help="per proc")
+    lag.add_argument(
+        "--check-exactly-once",
+        action="store_true",
+        help="after each run, count request ids journaled twice (admission control's check)",
+    )
     lag.add_argument("--json", action="store_true")
 
 
@@ -365,6 +370,7 @@ async def _bench(args: argparse.Namespace, console: Console) -> int:
                 warmup_rate=args.warmup_rate,
                 warmup=args.warmup,
                 shape=LoadShape(client_procs=args.client_procs, connections=args.connections),
+                check_exactly_once=args.check_exactly_once,
                 as_json=args.json,
             )
         )
