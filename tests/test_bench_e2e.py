@@ -11,13 +11,16 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import msgspec
 import numpy as np
+import pytest
 
 from jetstandby_bench.e2e import lag_cause
 from jetstandby_bench.e2e_load import MASS_CANCEL_EVERY, bounded_orders
 from jetstandby_bench.e2e_phases import lag_level
+from jetstandby_bench.e2e_procs import read_applies
 
 TINY = [
     "--duration", "1", "--warmup", "0.5", "--lag-duration", "1", "--client-procs", "1",
@@ -127,3 +130,10 @@ def test_bench_lag_repeats_a_fixed_rate_on_fresh_nodes_and_reports_the_median() 
         "min": p99s[0],
         "max": p99s[1],
     }
+
+
+def test_a_missing_apply_record_is_an_error_naming_the_standbys_exit(tmp_path: Path) -> None:
+    # Every command would otherwise count as "not applied" (the record is written at exit).
+    standby = SimpleNamespace(proc=SimpleNamespace(returncode=-9), log=tmp_path / "s.log")
+    with pytest.raises(RuntimeError, match=r"not written: it exited with -9 .*s\.log"):
+        read_applies(tmp_path / "missing.applies", standby)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from jetstandby.procs import NodeProcess
 from jetstandby_bench.e2e_procs import (
     CpuMeter,
     LoadProcess,
+    read_applies,
     read_rows,
     run_loads,
     start_node,
@@ -315,7 +316,7 @@ async def throughput_and_lag(
         await caught_up(primary, standby)
     finally:
         await stop_pair(primary, standby)
-    applies = read_rows(apply_log, 3)
+    applies = read_applies(apply_log, standby)
     gcs = {role: read_rows(path, 3) for role, path in gc_logs.items()}
     result["levels"] = [
         {

@@ -208,6 +208,17 @@ async def run_loads(loads: Sequence[LoadProcess], *, stop: bool = False) -> np.n
     return np.concatenate(rows) if rows else np.zeros((0, 3), dtype=np.int64)
 
 
+def read_applies(path: Path, standby: NodeProcess) -> np.ndarray[Any, Any]:
+    """The stopped standby's apply record. It is written as the process exits: missing, every
+    command would count as not applied, so say why instead."""
+    if not path.exists():
+        raise RuntimeError(
+            f"the standby's apply record {path} was not written: it exited with "
+            f"{standby.proc.returncode} (-9: not within 10 s of SIGTERM); see {standby.log}"
+        )
+    return read_rows(path, 3)
+
+
 def read_rows(path: Path, columns: int) -> np.ndarray[Any, Any]:
     if not path.exists():
         return np.zeros((0, columns), dtype=np.int64)

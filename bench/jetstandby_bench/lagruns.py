@@ -42,7 +42,7 @@ from jetstandby_bench.e2e_phases import (
     pair,
     stop_pair,
 )
-from jetstandby_bench.e2e_procs import read_rows
+from jetstandby_bench.e2e_procs import read_applies
 
 JOURNAL = "lagruns"
 
@@ -79,7 +79,8 @@ async def one_run(bench: LagBench, workdir: Path) -> dict[str, Any]:
             checked = await exactly_once(server.url, primary) if bench.check_exactly_once else {}
         finally:
             await stop_pair(primary, standby)
-    measured = measured_level(None, bench.rate, bench.duration, level, read_rows(apply_log, 3))
+    applies = read_applies(apply_log, standby)
+    measured = measured_level(None, bench.rate, bench.duration, level, applies)
     return {**measured, **checked}
 
 

@@ -12,8 +12,8 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
 
     The usual ``task.cancel(); with suppress(CancelledError): await task`` also swallows a
     cancellation of the *calling* task that arrives while it waits: a node stopped while
-    its replay was closing a subscription ran on, reconnecting, and its ``run()`` never
-    returned. Here the caller's own cancellation is re-raised once the tasks are done.
+    its replay is closing a subscription would run on, reconnecting, and its ``run()`` would
+    never return. Here the caller's own cancellation is re-raised once the tasks are done.
     """
     current = asyncio.current_task()
     owned = [task for task in tasks if task is not None and task is not current]
