@@ -6,10 +6,13 @@ benchmark itself (its exit status), never in tests.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import signal
 import subprocess
 import sys
+from asyncio.subprocess import PIPE
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +23,7 @@ import pytest
 from jetstandby_bench.e2e import lag_cause
 from jetstandby_bench.e2e_load import MASS_CANCEL_EVERY, bounded_orders
 from jetstandby_bench.e2e_phases import lag_level
-from jetstandby_bench.e2e_procs import read_applies
+from jetstandby_bench.e2e_procs import LoadProcess, read_applies, run_loads
 
 TINY = [
     "--duration", "1", "--warmup", "0.5", "--lag-duration", "1", "--client-procs", "1",
@@ -137,3 +140,16 @@ def test_a_missing_apply_record_is_an_error_naming_the_standbys_exit(tmp_path: P
     standby = SimpleNamespace(proc=SimpleNamespace(returncode=-9), log=tmp_path / "s.log")
     with pytest.raises(RuntimeError, match=r"not written: it exited with -9 .*s\.log"):
         read_applies(tmp_path / "missing.applies", standby)  # type: ignore[arg-type]
+
+
+async def test_load_processes_that_do_not_finish_are_killed_not_left_running(
+    tmp_path: Path,
+) -> None:
+    silent = "import sys, time; sys.stdin.readline(); time.sleep(120)"  # takes GO, never DONE
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", silent, stdin=PIPE, stdout=PIPE
+    )
+    load = LoadProcess(proc, tmp_path / "rows")
+    with pytest.raises(TimeoutError):
+        await run_loads([load], timeout=0.5)
+    assert proc.returncode == -signal.SIGKILL

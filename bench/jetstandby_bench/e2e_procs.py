@@ -197,14 +197,24 @@ class LoadProcess:
             await self.proc.wait()
 
 
-async def run_loads(loads: Sequence[LoadProcess], *, stop: bool = False) -> np.ndarray[Any, Any]:
-    """GO to all, (STOP if asked,) and the rows of all of them together."""
-    for load in loads:
-        await load.send("GO")
-    if stop:
+async def run_loads(
+    loads: Sequence[LoadProcess], *, stop: bool = False, timeout: float = 600
+) -> np.ndarray[Any, Any]:
+    """GO to all, (STOP if asked,) and the rows of all of them together. If one fails or
+    does not finish within ``timeout``, all are killed: left running, a load process whose
+    server is gone retries its submissions for a long time (one overload run left seven,
+    1 to 2 GB each, taking most of a core for an hour)."""
+    try:
         for load in loads:
-            await load.send("STOP")
-    rows = [await load.finish() for load in loads]
+            await load.send("GO")
+        if stop:
+            for load in loads:
+                await load.send("STOP")
+        rows = [await load.finish(timeout) for load in loads]
+    except BaseException:
+        for load in loads:
+            await load.kill()
+        raise
     return np.concatenate(rows) if rows else np.zeros((0, 3), dtype=np.int64)
 
 
