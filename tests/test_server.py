@@ -57,14 +57,23 @@ async def stored(url: str) -> tuple[int, bytes]:
         return info.state.messages, last.data or b""
 
 
-async def eventually(attempt: Callable[[], Awaitable[T]], *, timeout: float = 20.0) -> T:
-    """Retry ``attempt`` (which raises while its condition does not hold) until a deadline."""
+RETRIED: tuple[type[Exception], ...] = (AssertionError, nats.errors.Error, TimeoutError)
+
+
+async def eventually(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 20.0,
+    retry_on: tuple[type[Exception], ...] = RETRIED,
+) -> T:
+    """Retry ``attempt`` (which raises one of ``retry_on`` while its condition does not
+    hold) until a deadline."""
     delay = 0.05
     async with asyncio.timeout(timeout):
         while True:
             try:
                 return await attempt()
-            except (AssertionError, nats.errors.Error, TimeoutError):
+            except retry_on:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
@@ -273,14 +282,10 @@ async def publish_while_unstored(js: JetStreamContext, payload: bytes) -> PubAck
     which a loaded machine can set off in a young group), so nothing was stored and a retry
     cannot duplicate. A timeout is not retried: the message may have been stored.
     """
-    delay = 0.05
-    async with asyncio.timeout(20):
-        while True:
-            try:
-                return await js.publish(SUBJECT, payload, timeout=5)
-            except nats.js.errors.NoStreamResponseError:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
+    return await eventually(
+        lambda: js.publish(SUBJECT, payload, timeout=5),
+        retry_on=(nats.js.errors.NoStreamResponseError,),
+    )
 
 
 async def all_replicas_current(nc: NatsClient, names: set[str]) -> StreamInfo:
