@@ -199,13 +199,13 @@ async def test_unsupported_commands_are_rejected_and_not_journaled(
 async def test_an_overloaded_primary_refuses_before_applying_and_a_retry_succeeds(
     start: object, nats_server: NatsServer
 ) -> None:
-    # A burst of 2,000 arrives at memory speed: far more than 10 wait behind the first.
+    # A burst of 500 arrives at memory speed: far more than 10 wait behind the first.
     a = await start("a", primary=True, max_backlog=10)  # type: ignore[operator]
     nc = await connect(nats_server.url)
     try:
         bodies = [
             submission.encode_submission(submission.Submission(f"b{i}", "Put", 1, put("k", "v")))
-            for i in range(2000)
+            for i in range(500)
         ]
         subject = wire.submit_subject("kv")
         msgs = await asyncio.gather(*(nc.request(subject, body, timeout=30) for body in bodies))
