@@ -20,6 +20,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.client import Srv
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
 
 from jetstandby import wire
@@ -79,6 +80,17 @@ class _Client(NatsClient):
                 continue
             out[key] = value.strip().decode("utf-8", "replace")
         return out
+
+    async def _connect_to_server(self, s: Srv) -> None:
+        # nats-py 2.16 keeps one TcpTransport per client, and its ``connect`` replaces the
+        # reader and writer without closing them. When a reconnect gets a TCP connection but
+        # no handshake (a hung server, a black-holed link), the next attempt so leaves that
+        # socket open until the garbage collector finds it: one per attempt, every
+        # ``reconnect_time_wait``, for as long as the outage lasts. Closing is idempotent, so
+        # the paths that already closed it are unchanged.
+        if self._transport:
+            self._transport.close()  # type: ignore[no-untyped-call]
+        await super()._connect_to_server(s)
 
 
 class _SlowConsumerLog:
