@@ -550,6 +550,8 @@ class Checker:
         after = open_book(self.engine)
         self.check_book(after)
         self.check_account_index(after)
+        # The kept sum is the one a recount gives, after every command (rejections too).
+        assert self.engine.live_digest() == self.engine.recount_live_digest()
         if not result.ok:
             assert after == before
             return
@@ -694,8 +696,10 @@ class Checker:
         second = OrderBookEngine(self_trade_prevention=not self.stp)
         second.restore(first.snapshot())
         assert second.digest() == first.digest()
+        assert second.live_digest() == first.live_digest()
         assert [second.apply(c) for c in self.commands[split:]] == self.results[split:]
         assert second.digest() == self.engine.digest()
+        assert second.live_digest() == self.engine.live_digest()
         assert second.snapshot() == self.engine.snapshot()
         assert second._by_account.keys() == self.engine._by_account.keys()  # rebuilt on restore
 
@@ -800,7 +804,7 @@ from jetstandby.engines.orderbook import OrderBookEngine, generate
 engine = OrderBookEngine()
 for seq, (t, v, p) in enumerate(generate(5, 3000), start=1):
     engine.apply(Command(seq, seq, t, v, p))
-print(engine.digest().hex())
+print(engine.digest().hex(), engine.live_digest().hex())
 """
 
 
@@ -820,7 +824,37 @@ def test_digest_is_the_same_under_any_hash_seed() -> None:
     engine = OrderBookEngine()
     for seq, (t, v, p) in enumerate(generate(5, 3000), start=1):
         engine.apply(Command(seq, seq, t, v, p))
-    assert digests == {engine.digest().hex()}
+    assert digests == {f"{engine.digest().hex()} {engine.live_digest().hex()}"}
+
+
+def test_the_live_digest_tells_apart_what_the_snapshot_tells_apart() -> None:
+    """Same orders, another queue order at one price (or another quantity, or another
+    next order id): the snapshot differs, and so must the live digest."""
+
+    def book(*places: tuple[str, int], trailing: bytes = b"") -> OrderBookEngine:
+        engine = OrderBookEngine()
+        for seq, (account, quantity) in enumerate(places, start=1):
+            engine.apply(
+                Command(seq, seq, PLACE_ORDER, 1, place(account, "BTC-USD", "buy", quantity, 100))
+            )
+        return engine
+
+    base = book(("a", 5), ("b", 7))
+    twin = book(("a", 5), ("b", 7))
+    # Ids are given in arrival order, so the swapped book has each order id on the other
+    # account; and the moved one is an order whose quantity went down with priority kept.
+    swapped = book(("b", 7), ("a", 5))
+    smaller = book(("a", 5), ("b", 7))
+    smaller.apply(Command(3, 3, REPLACE_ORDER, 1, replace("b", 2, quantity=6)))
+    requeued = book(("a", 5), ("b", 7))
+    requeued.apply(Command(3, 3, REPLACE_ORDER, 1, replace("a", 1, quantity=6)))
+    requeued.apply(Command(4, 4, REPLACE_ORDER, 1, replace("a", 1, quantity=5)))
+    assert base.live_digest() == twin.live_digest()
+    engines = [base, swapped, smaller, requeued]
+    assert len({e.snapshot() for e in engines}) == len(engines)
+    assert len({e.live_digest() for e in engines}) == len(engines)
+    for engine in engines:
+        assert engine.live_digest() == engine.recount_live_digest()
 
 
 def test_a_level_takes_out_any_order_and_keeps_time_priority() -> None:

@@ -62,6 +62,19 @@ class Engine(Protocol):
         ...
 
 
+@runtime_checkable
+class LiveDigest(Protocol):
+    """What an engine may add: a digest kept current as its state changes, so reading it is
+    O(1) where :meth:`Engine.digest` is usually O(state). A primary whose engine has one
+    writes checkpoints of it (``$checkpoint`` version 2, see ``docs/wire.md``): replicas
+    then compare digests without a pause that grows with the state."""
+
+    def live_digest(self) -> bytes:
+        """A stable hash of the canonical state: equal states, equal live digests, in any
+        process. It need not equal :meth:`Engine.digest`."""
+        ...
+
+
 def load_engine(spec: str) -> Engine:
     """Build an engine from a built-in name (``kv``) or ``module:Class``.
 

@@ -21,6 +21,8 @@ class Order:
     __slots__ = (
         "account",
         "book",
+        "hashed",
+        "identity",
         "is_buy",
         "newer",
         "older",
@@ -50,6 +52,10 @@ class Order:
         # Its neighbours in its price level while it rests: ahead of it (older) and behind.
         self.older: Order | None = None
         self.newer: Order | None = None
+        # While it rests: its share of the engine's live digest (else 0), and the encoded
+        # fields that share is computed from, which do not change while it rests.
+        self.hashed = 0
+        self.identity = b""
 
 
 class Level:

@@ -1,12 +1,21 @@
-"""The matching engine: validation, price-time matching, snapshot and digest.
+"""The matching engine: validation, price-time matching, snapshot and digests.
 
 Validation runs in a fixed order and the first failure is the rejection, so a request that is
 wrong in two ways is rejected for the same reason on every node.
+
+Two digests: :meth:`OrderBookEngine.digest` hashes the whole snapshot (O(resting orders));
+:meth:`OrderBookEngine.live_digest` is kept current as orders change, so reading it is O(1).
+The live digest sums one hash per resting order: its book, side, id, account, price, open
+quantity, post-only flag and the id of the order right ahead of it in its level. Those pairs
+of neighbours give back each level's queue, so equal sums mean equal books (the sum is a
+multiset hash, mod 2**128). Every change to a resting order re-hashes it, and a removal
+re-hashes the order that was behind it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -45,6 +54,9 @@ SNAPSHOT_FORMAT: Final = 1
 _NO_LIMIT_KEY: Final = -(1 << 72)
 
 _encode: Final = msgspec.msgpack.Encoder().encode
+LIVE_DIGEST_FORMAT: Final = 1
+_HASH_MASK: Final = (1 << 128) - 1
+_QUANTITY_AHEAD: Final = struct.Struct("<qq")
 
 
 class _OrderState(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
@@ -124,6 +136,7 @@ class OrderBookEngine:
         self.next_order_id = 1
         self._books = {name: Book(name, tick) for name, tick in INSTRUMENTS.items()}
         self._orders: dict[int, Order] = {}
+        self._hash_sum = 0  # the resting orders' hashes, summed mod 2**128: see live_digest
         # Every resting order by account as well, so that a mass cancel visits only the
         # account's own orders, not every order in every book (derived: not in snapshots).
         self._by_account: dict[str, dict[int, Order]] = {}
@@ -192,10 +205,40 @@ class OrderBookEngine:
         self._by_account = {}
         for order in orders.values():
             self._index(order)
+        self._hash_sum = 0
+        for order in orders.values():
+            self._hash_in(order)
 
     def digest(self) -> bytes:
         """sha256 of :meth:`snapshot`; independent of process and ``PYTHONHASHSEED``."""
         return hashlib.sha256(self.snapshot()).digest()
+
+    def live_digest(self) -> bytes:
+        """The state's digest kept current as it changes (see the module docstring): O(1).
+        Equal states give equal live digests in any process; it is not :meth:`digest`."""
+        return hashlib.sha256(
+            _encode(
+                (
+                    LIVE_DIGEST_FORMAT,
+                    self.next_order_id,
+                    self.self_trade_prevention,
+                    self._hash_sum.to_bytes(16, "little"),
+                )
+            )
+        ).digest()
+
+    def recount_live_digest(self) -> bytes:
+        """:meth:`live_digest` computed afresh from every resting order, for tests and
+        tools; it leaves the kept sum as it is."""
+        kept = self._hash_sum
+        self._hash_sum = (
+            sum(_order_hash(order, _identity(order)) for order in self._orders.values())
+            & _HASH_MASK
+        )
+        try:
+            return self.live_digest()
+        finally:
+            self._hash_sum = kept
 
     # --- read-only views, for tests and tools --------------------------------------------------
 
@@ -279,6 +322,7 @@ class OrderBookEngine:
         quantity = order.quantity if request.quantity is None else request.quantity
         if price == order.price and quantity <= order.quantity:
             order.quantity = quantity
+            self._rehash(order)
             return Result(True, [Replaced(order.order_id, price, quantity, True)])
         is_buy = order.is_buy
         if order.post_only and order.book.would_cross(is_buy, price):
@@ -345,6 +389,7 @@ class OrderBookEngine:
             (book.bids if order.is_buy else book.asks).add(order)
             self._orders[order_id] = order
             self._index(order)
+            self._hash_in(order)
             events.append(Rested(order_id, order.price, left))
 
     def _match(
@@ -384,10 +429,12 @@ class OrderBookEngine:
                     level.remove(maker)
                     del orders[maker.order_id]
                     self._unindex(maker)
+                    self._hash_out(maker, level.head)
                     events.append(Filled(maker.order_id))
                 else:
                     traded = left
                     maker.quantity = maker_left - left
+                    self._rehash(maker)
                     events.append(PartiallyFilled(maker.order_id, maker_left - left))
                 fills.append(Fill(maker.order_id, taker_id, maker.account, account, price, traded))
                 left -= traded
@@ -400,9 +447,33 @@ class OrderBookEngine:
         return False
 
     def _remove(self, order: Order) -> None:
+        behind = order.newer
         order.book.side(order.is_buy).remove(order)
         del self._orders[order.order_id]
         self._unindex(order)
+        self._hash_out(order, behind)
+
+    # --- the live digest's sum -------------------------------------------------------------
+
+    def _hash_in(self, order: Order) -> None:
+        """``order`` has come to rest (at the back of its level)."""
+        order.identity = _identity(order)
+        order.hashed = _order_hash(order, order.identity)
+        self._hash_sum = (self._hash_sum + order.hashed) & _HASH_MASK
+
+    def _hash_out(self, order: Order, behind: Order | None) -> None:
+        """``order`` has left its level; ``behind``, the order that was right behind it,
+        now has another order ahead."""
+        self._hash_sum = (self._hash_sum - order.hashed) & _HASH_MASK
+        order.hashed = 0
+        if behind is not None:
+            self._rehash(behind)
+
+    def _rehash(self, order: Order) -> None:
+        """``order`` (resting) has changed: its quantity, or the order ahead of it."""
+        new = _order_hash(order, order.identity)
+        self._hash_sum = (self._hash_sum - order.hashed + new) & _HASH_MASK
+        order.hashed = new
 
     def _index(self, order: Order) -> None:
         resting = self._by_account.get(order.account)
@@ -422,6 +493,31 @@ _Handler = Callable[[Any], Result]
 
 def _order_id(order: Order) -> int:
     return order.order_id
+
+
+def _identity(order: Order) -> bytes:
+    """What a resting order keeps until it leaves its level, encoded: the first part of
+    what its live digest share hashes."""
+    return _encode(
+        (
+            order.book.instrument,
+            order.is_buy,
+            order.order_id,
+            order.account,
+            order.price,
+            order.post_only,
+        )
+    )
+
+
+def _order_hash(order: Order, identity: bytes) -> int:
+    """A resting order's share of the live digest: 128 bits of blake2b over its
+    ``identity``, then its open quantity and the id of the order right ahead of it in its
+    level (0 at the front), as two little-endian int64."""
+    ahead = order.older
+    hashed = hashlib.blake2b(identity, digest_size=16)
+    hashed.update(_QUANTITY_AHEAD.pack(order.quantity, 0 if ahead is None else ahead.order_id))
+    return int.from_bytes(hashed.digest(), "little")
 
 
 def _check_replace(order: Order, request: ReplaceOrder) -> Reason | None:
