@@ -23,6 +23,7 @@ from jetstandby.client import Client
 from jetstandby.config import JournalSettings, NodeSettings, ReplaySettings, SnapshotSettings
 from jetstandby.engine import Engine
 from jetstandby.engines.kv import KeyValueEngine, add, put
+from jetstandby.engines.orderbook import OrderBookEngine, generate
 from jetstandby.errors import ActionRefused, PromotionRefused
 from jetstandby.faults import TcpProxy
 from jetstandby.journal.stream import NatsClient, close_quietly
@@ -246,6 +247,23 @@ async def test_nondeterminism_is_caught_within_one_checkpoint_interval(
     with pytest.raises(ActionRefused, match="cannot repair"):
         await b.skip(stream_seq=12, reason="try")
     assert a.role is Role.PRIMARY
+
+
+async def test_standbys_check_the_order_books_live_digest_at_each_checkpoint(
+    start: Start, nats_server: NatsServer
+) -> None:
+    a = await start("a", primary=True, engine=OrderBookEngine, checkpoint_every=25)
+    b = await start("b", engine=OrderBookEngine)
+    async with await Client.connect(nats_server.url, "boot") as client:
+        for i, (ctype, version, payload) in enumerate(generate(4, 120, instruments=2)):
+            await client.submit(ctype, version, payload, request_id=f"o{i}")
+    await caught_up(b, a.state.last_seq)
+    # 120 commands and a checkpoint after every seq that is a multiple of 25: the standby
+    # verified each of them (or it would have halted as diverged before catching up).
+    assert b.state.last_checkpoint_seq == a.state.last_checkpoint_seq > 100
+    assert not b.status().diverged
+    assert isinstance(b.state.engine, OrderBookEngine)
+    assert b.state.engine.live_digest() == b.state.engine.recount_live_digest()
 
 
 async def test_the_version_gate_refuses_an_older_engine_unless_forced(

@@ -10,15 +10,17 @@ from hypothesis import strategies as st
 from jetstandby import wire
 from jetstandby.engine import Command, Engine, load_engine
 from jetstandby.engines.kv import KeyValueEngine, add, put
+from jetstandby.engines.orderbook import OrderBookEngine, generate, mass_cancel
 from jetstandby.errors import (
     ConfigError,
+    DivergenceError,
     ProtocolError,
     UnsupportedCommand,
     VersionGateError,
 )
 from jetstandby.journal import MemoryFeed, MemoryLog
 from jetstandby.replay import ReplayProgress, promote_channel, run_replay_loop
-from jetstandby.state import ReplicatedState, marker_envelope, marker_msg_id
+from jetstandby.state import Checkpoint, ReplicatedState, marker_envelope, marker_msg_id
 
 
 def cmd(
@@ -80,6 +82,60 @@ def test_unknown_types_and_versions_are_refused() -> None:
     with pytest.raises(UnsupportedCommand, match="'Frob'"):
         state.apply(cmd(2, 1, ctype="Frob"))
     assert state.last_seq == 1
+
+
+def orderbook_journal(count: int) -> tuple[ReplicatedState, list[wire.Envelope]]:
+    """An order-book state after a marker and ``count`` generated commands, and those."""
+    envelopes = [marker_envelope(seq=1, epoch=1, node="a", timestamp_ns=0)] + [
+        wire.Envelope(1, seq, 1, seq, ctype, version, payload)
+        for seq, (ctype, version, payload) in enumerate(generate(9, count), start=2)
+    ]
+    state = ReplicatedState(OrderBookEngine())
+    for envelope in envelopes:
+        state.apply(envelope)
+    return state, envelopes
+
+
+def test_checkpoints_carry_the_live_digest_when_the_engine_keeps_one() -> None:
+    writer, _ = orderbook_journal(300)
+    engine = writer.engine
+    assert isinstance(engine, OrderBookEngine)
+    live = writer.checkpoint(epoch=1, timestamp_ns=0)
+    assert (live.command_type, live.command_version) == (wire.CHECKPOINT, 2)
+    assert msgspec.msgpack.decode(live.payload)["digest"] == engine.live_digest().hex()
+    kv = journal(marker_envelope(seq=1, epoch=1, node="a", timestamp_ns=0), cmd(2, 1))
+    assert kv.checkpoint(epoch=1, timestamp_ns=0).command_version == 1  # kv keeps none
+
+    # A replica verifies both versions: version 1 is what older writers' journals hold.
+    full = checkpoint_of(live.seq, 1, writer.digest().hex())
+    for checkpoint in (live, full):
+        replica, _ = orderbook_journal(300)
+        replica.apply(checkpoint)
+        assert replica.last_checkpoint_seq == live.seq - 1
+
+
+def checkpoint_of(seq: int, version: int, digest: str) -> wire.Envelope:
+    payload = Checkpoint(seq=seq - 1, digest=digest, engine_version=1)
+    return wire.Envelope(1, seq, 1, 0, wire.CHECKPOINT, version, msgspec.msgpack.encode(payload))
+
+
+def test_a_live_digest_checkpoint_catches_a_divergence_and_an_unknown_one_is_refused() -> None:
+    writer, envelopes = orderbook_journal(300)
+    checkpoint = writer.checkpoint(epoch=1, timestamp_ns=0)
+    diverged = ReplicatedState(OrderBookEngine())
+    last = cmd(len(envelopes), 1, "MassCancel", mass_cancel("acct-03"))
+    for envelope in [*envelopes[:-1], last]:
+        diverged.apply(envelope)
+    with pytest.raises(DivergenceError, match="state live digest"):
+        diverged.apply(checkpoint)
+    assert diverged.last_checkpoint_seq == 0 and diverged.last_seq == checkpoint.seq - 1
+
+    kv = journal(marker_envelope(seq=1, epoch=1, node="a", timestamp_ns=0), cmd(2, 1))
+    with pytest.raises(UnsupportedCommand, match="keeps no live digest"):
+        kv.apply(checkpoint_of(3, 2, "00"))
+    with pytest.raises(UnsupportedCommand, match=r"'\$checkpoint' version 3"):
+        kv.apply(checkpoint_of(3, 3, "00"))
+    assert kv.last_seq == 2 and kv.last_checkpoint_seq == 0
 
 
 def test_exactly_once_record_is_replayed_and_bounded() -> None:

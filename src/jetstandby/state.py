@@ -18,11 +18,14 @@ from typing import NamedTuple
 import msgspec
 
 from jetstandby import wire
-from jetstandby.engine import Command, Engine
+from jetstandby.engine import Command, Engine, LiveDigest
 from jetstandby.errors import DivergenceError, ProtocolError, UnsupportedCommand
 
 #: How many request ids the exactly-once record keeps. A retry of an older id is applied again.
 DEFAULT_DEDUP_WINDOW = 100_000
+#: ``$checkpoint`` versions: of the engine's digest, and of its live digest.
+CHECKPOINT_DIGEST = 1
+CHECKPOINT_LIVE_DIGEST = 2
 
 
 class EpochMarker(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -37,7 +40,8 @@ class EpochMarker(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class Checkpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The payload of a ``$checkpoint`` control command: the writer's engine digest (hex)
-    after applying command ``seq``, the one right before the checkpoint."""
+    after applying command ``seq``, the one right before the checkpoint. Version 1 carries
+    :meth:`Engine.digest`, version 2 :meth:`LiveDigest.live_digest`."""
 
     seq: int
     digest: str
@@ -192,9 +196,15 @@ class ReplicatedState:
         return self._digest[1]
 
     def checkpoint(self, *, epoch: int, timestamp_ns: int) -> wire.Envelope:
-        """The ``$checkpoint`` envelope that follows this state: seq ``last_seq + 1``."""
+        """The ``$checkpoint`` envelope that follows this state: seq ``last_seq + 1``. Of the
+        engine's live digest if it keeps one (version 2), else of its digest (version 1)."""
+        version = (
+            CHECKPOINT_LIVE_DIGEST if isinstance(self.engine, LiveDigest) else CHECKPOINT_DIGEST
+        )
         payload = Checkpoint(
-            seq=self.last_seq, digest=self.digest().hex(), engine_version=self.engine.version
+            seq=self.last_seq,
+            digest=self._checkpoint_digest(version).hex(),
+            engine_version=self.engine.version,
         )
         return wire.Envelope(
             1,
@@ -202,9 +212,21 @@ class ReplicatedState:
             epoch,
             timestamp_ns,
             wire.CHECKPOINT,
-            1,
+            version,
             msgspec.msgpack.encode(payload),
         )
+
+    def _checkpoint_digest(self, version: int) -> bytes:
+        """The digest a ``$checkpoint`` of ``version`` carries, of this state. Raises
+        :class:`UnsupportedCommand` for a version this node cannot compute."""
+        if version == CHECKPOINT_DIGEST:
+            return self.digest()
+        if version == CHECKPOINT_LIVE_DIGEST:
+            if isinstance(self.engine, LiveDigest):
+                return self.engine.live_digest()
+            engine = f"{self.engine.name} v{self.engine.version} (it keeps no live digest)"
+            raise UnsupportedCommand(wire.CHECKPOINT, version, engine)
+        raise UnsupportedCommand(wire.CHECKPOINT, version, "protocol")
 
     def snapshot(self) -> bytes:
         return self.freeze()()
@@ -293,10 +315,11 @@ class ReplicatedState:
                 f"seq {self.last_seq}",
                 seq=envelope.seq,
             )
-        actual = self.digest().hex()
+        actual = self._checkpoint_digest(envelope.command_version).hex()
         if actual != checkpoint.digest:
+            kind = "live digest" if envelope.command_version == CHECKPOINT_LIVE_DIGEST else "digest"
             raise DivergenceError(
-                f"DIVERGED at command seq {checkpoint.seq}: the writer's state digest is "
+                f"DIVERGED at command seq {checkpoint.seq}: the writer's state {kind} is "
                 f"{checkpoint.digest}, this node's is {actual} (engine {self.engine.name} "
                 f"v{self.engine.version}; writer v{checkpoint.engine_version}). Replay is not "
                 "deterministic here: this node must be rebuilt, never promoted",
