@@ -7,9 +7,9 @@ Two digests: :meth:`OrderBookEngine.digest` hashes the whole snapshot (O(resting
 :meth:`OrderBookEngine.live_digest` is kept current as orders change, so reading it is O(1).
 The live digest sums one hash per resting order: its book, side, id, account, price, open
 quantity, post-only flag and the id of the order right ahead of it in its level. Those pairs
-of neighbours give back each level's queue, so equal sums mean equal books (the sum is a
-multiset hash, mod 2**128). Every change to a resting order re-hashes it, and a removal
-re-hashes the order that was behind it.
+of neighbours give back each level's queue, so equal sums mean equal books but for an
+accidental collision (the sum, mod 2**128, is a multiset hash). Every change to a resting
+order re-hashes it, and a removal re-hashes the order that was behind it.
 """
 
 from __future__ import annotations
@@ -203,10 +203,9 @@ class OrderBookEngine:
         self._books = books
         self._orders = orders
         self._by_account = {}
-        for order in orders.values():
-            self._index(order)
         self._hash_sum = 0
         for order in orders.values():
+            self._index(order)
             self._hash_in(order)
 
     def digest(self) -> bytes:
