@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 from jetstandby_bench.e2e import lag_cause
 from jetstandby_bench.e2e_load import MASS_CANCEL_EVERY, bounded_orders
 from jetstandby_bench.e2e_phases import lag_level
-from jetstandby_bench.e2e_procs import LoadProcess, read_applies, run_loads
+from jetstandby_bench.e2e_procs import LoadProcess, read_applies, renice, run_loads
 
 TINY = [
     "--duration", "1", "--warmup", "0.5", "--lag-duration", "1", "--client-procs", "1",
@@ -117,10 +118,11 @@ def test_bench_lag_repeats_a_fixed_rate_on_fresh_nodes_and_reports_the_median() 
     argv = [sys.executable, "-m", "jetstandby", "bench", "lag", "--json", "--runs", "2"]
     argv += ["--rate", "150", "--duration", "1", "--warmup-rate", "150", "--warmup", "0.5"]
     argv += ["--client-procs", "1", "--connections", "1", "--check-exactly-once"]
+    argv += ["--standby-nice", "3"]  # a lower priority: allowed without root
     done = subprocess.run(argv, capture_output=True, timeout=110, check=False)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     result = json.loads(done.stdout)
-    assert len(result["runs"]) == 2
+    assert len(result["runs"]) == 2 and result["standby_nice"] == 3
     for run in result["runs"]:
         assert run["not_applied"] == 0 and run["failed"] == 0
         assert run["achieved_per_s"] > 0
@@ -133,6 +135,22 @@ def test_bench_lag_repeats_a_fixed_rate_on_fresh_nodes_and_reports_the_median() 
         "min": p99s[0],
         "max": p99s[1],
     }
+
+
+def test_renice_sets_every_thread_of_a_process() -> None:
+    two_threads = (
+        "import sys, threading; threading.Thread(target=threading.Event().wait, daemon=True)"
+        ".start(); print('ready', flush=True); sys.stdin.read()"
+    )
+    with subprocess.Popen([sys.executable, "-c", two_threads], stdin=PIPE, stdout=PIPE) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+            renice(proc.pid, 4)
+            tasks = os.listdir(f"/proc/{proc.pid}/task")
+            assert len(tasks) == 2
+            assert {os.getpriority(os.PRIO_PROCESS, int(task)) for task in tasks} == {4}
+        finally:
+            proc.kill()
 
 
 def test_a_missing_apply_record_is_an_error_naming_the_standbys_exit(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from jetstandby.demo import DemoSettings, run_demo
         (["bench", "journal", "--runs", "x"], "--runs: 'x' is not an integer"),
         (["bench"], "BENCH"),
         (["server", "--durability", "maybe"], "--durability"),
+        (["bench", "lag", "--standby-nice", "-21"], "--standby-nice: a nice value is -20 to 19"),
         (["frobnicate"], "COMMAND"),
     ],
 )

@@ -50,6 +50,21 @@ def run_queue_seconds(pid: int | None) -> float:
     return waited / 1e9
 
 
+def renice(pid: int, nice: int) -> None:
+    """Set the scheduling priority of every thread of ``pid`` (Linux keeps one per thread;
+    threads started later inherit their creator's). Below 0 needs root or CAP_SYS_NICE:
+    :class:`PermissionError` says so."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(task), nice)
+        except ProcessLookupError:
+            continue  # that thread has just ended
+        except PermissionError:
+            raise PermissionError(
+                f"cannot set nice {nice} on pid {pid}: a value below 0 needs root or CAP_SYS_NICE"
+            ) from None
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores of this machine spent busy since boot (not idle, not iowait)."""
     with open("/proc/stat", "rb") as stat:

@@ -6,6 +6,11 @@ bench repeats one open-loop level with the e2e bench's own nodes, load processes
 measurement, each run on a fresh server and fresh nodes, after a warm-up that builds the
 books and the exactly-once record, and reports every run and the median of their p99s.
 
+``--standby-nice N`` runs the standby at that scheduling priority (below 0 needs root): on
+this shared machine its lag tail is time spent waiting for a core behind the primary, the
+server and the load processes, and a higher priority stands in for the core of its own a
+deployment gives it.
+
 ``--check-exactly-once`` also reads the whole journal after each run and counts the request
 ids journaled more than once (must be 0), beside the primary's ``overloaded`` refusals: at a
 rate beyond capacity (``--rate 12000``) this is the admission-control check.
@@ -42,7 +47,7 @@ from jetstandby_bench.e2e_phases import (
     pair,
     stop_pair,
 )
-from jetstandby_bench.e2e_procs import read_applies
+from jetstandby_bench.e2e_procs import read_applies, renice
 
 JOURNAL = "lagruns"
 
@@ -55,6 +60,7 @@ class LagBench:
     warmup_rate: float = 4000.0
     warmup: float = 15.0
     shape: LoadShape = field(default_factory=LoadShape)
+    standby_nice: int = 0
     check_exactly_once: bool = False
     as_json: bool = False
 
@@ -69,6 +75,8 @@ async def one_run(bench: LagBench, workdir: Path) -> dict[str, Any]:
         primary, standby = await pair(setup, JOURNAL, standby_env=recording)
         nodes = metered_nodes(setup, primary, standby)
         try:
+            if bench.standby_nice:
+                renice(standby.proc.pid, bench.standby_nice)
             await offered_load(
                 setup, JOURNAL, bench.shape, bench.warmup_rate, bench.warmup, "warm", nodes
             )
@@ -128,6 +136,7 @@ async def run(bench: LagBench) -> dict[str, Any]:
         "duration": bench.duration,
         "warmup_rate": bench.warmup_rate,
         "warmup": bench.warmup,
+        "standby_nice": bench.standby_nice,
         "lag_p99_ms": summary(runs),
         "runs": runs,
     }
@@ -140,8 +149,9 @@ def show(result: dict[str, Any], *, as_json: bool) -> None:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
         return
+    nice = f", standby at nice {result['standby_nice']}" if result["standby_nice"] else ""
     table = Table(
-        title=f"standby lag at {result['rate']:,.0f}/s, {result['duration']:g} s per run (ms)"
+        title=f"standby lag at {result['rate']:,.0f}/s, {result['duration']:g} s per run{nice} (ms)"
     )
     for column in ("run", "acked/s", "latency p99", "lag p99", "p99.9", "max", "failed / retried"):
         table.add_column(column, justify="right")

@@ -51,6 +51,19 @@ def _positive_float(flag: str) -> Any:
     return parse
 
 
+def _nice(flag: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag}: {text!r} is not an integer") from None
+        if not -20 <= value <= 19:
+            raise argparse.ArgumentTypeError(f"{flag}: a nice value is -20 to 19, got {text!r}")
+        return value
+
+    return parse
+
+
 def _count(flag: str) -> Any:
     def parse(text: str) -> int:
         try:
@@ -159,6 +172,13 @@ def _add_lag_bench(which: Any) -> None:
     lag.add_argument("--warmup", type=seconds("--warmup"), default=15.0)
     lag.add_argument("--client-procs", type=_count("--client-procs"), default=2)
     lag.add_argument("--connections", type=_count("--connections"), default=4, help="per proc")
+    lag.add_argument(
+        "--standby-nice",
+        type=_nice("--standby-nice"),
+        default=0,
+        help="the standby's scheduling priority (-20 to 19; below 0 needs root): as if it had "
+        "a core of its own",
+    )
     lag.add_argument(
         "--check-exactly-once",
         action="store_true",
@@ -370,6 +390,7 @@ async def _bench(args: argparse.Namespace, console: Console) -> int:
                 warmup_rate=args.warmup_rate,
                 warmup=args.warmup,
                 shape=LoadShape(client_procs=args.client_procs, connections=args.connections),
+                standby_nice=args.standby_nice,
                 check_exactly_once=args.check_exactly_once,
                 as_json=args.json,
             )
