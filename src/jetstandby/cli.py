@@ -12,7 +12,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,43 +38,38 @@ class ExitStatus(Exception):
         self.code = code
 
 
-def _positive_float(flag: str) -> Any:
+def _number(
+    flag: str, convert: Callable[[str], float], noun: str, rule: str, ok: Callable[[float], bool]
+) -> Any:
+    """An argparse type: ``convert`` the text (else "not ``noun``"), then check it is ``ok``
+    (else ``rule``); both errors name ``flag``."""
+
     def parse(text: str) -> float:
         try:
-            value = float(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag}: {text!r} is not a number") from None
-        if value < 0 or value != value:
-            raise argparse.ArgumentTypeError(f"{flag}: must be >= 0, got {text!r}")
+            raise argparse.ArgumentTypeError(f"{flag}: {text!r} is not {noun}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{flag}: {rule}, got {text!r}")
         return value
 
     return parse
+
+
+def _positive_float(flag: str) -> Any:
+    return _number(flag, float, "a number", "must be >= 0", lambda v: v >= 0)  # NaN fails too
 
 
 def _nice(flag: str) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag}: {text!r} is not an integer") from None
-        if not -20 <= value <= 19:
-            raise argparse.ArgumentTypeError(f"{flag}: a nice value is -20 to 19, got {text!r}")
-        return value
-
-    return parse
+    return _number(flag, int, "an integer", "a nice value is -20 to 19", lambda v: -20 <= v <= 19)
 
 
 def _count(flag: str) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text.replace("_", ""))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag}: {text!r} is not an integer") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag}: must be >= 1, got {text!r}")
-        return value
+    return _number(flag, _integer, "an integer", "must be >= 1", lambda v: v >= 1)
 
-    return parse
+
+def _integer(text: str) -> int:
+    return int(text.replace("_", ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
