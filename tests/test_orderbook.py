@@ -828,10 +828,10 @@ def test_digest_is_the_same_under_any_hash_seed() -> None:
 
 
 def test_the_live_digest_tells_apart_what_the_snapshot_tells_apart() -> None:
-    """Same orders, another queue order at one price (or another quantity, or another
-    next order id): the snapshot differs, and so must the live digest."""
+    """Books that differ only in the queue order at one price, or in one quantity, have
+    different snapshots: their live digests must differ too."""
 
-    def book(*places: tuple[str, int], trailing: bytes = b"") -> OrderBookEngine:
+    def book(*places: tuple[str, int]) -> OrderBookEngine:
         engine = OrderBookEngine()
         for seq, (account, quantity) in enumerate(places, start=1):
             engine.apply(
@@ -841,11 +841,10 @@ def test_the_live_digest_tells_apart_what_the_snapshot_tells_apart() -> None:
 
     base = book(("a", 5), ("b", 7))
     twin = book(("a", 5), ("b", 7))
-    # Ids are given in arrival order, so the swapped book has each order id on the other
-    # account; and the moved one is an order whose quantity went down with priority kept.
-    swapped = book(("b", 7), ("a", 5))
+    swapped = book(("b", 7), ("a", 5))  # arrived the other way round: ids 1 and 2 swap
     smaller = book(("a", 5), ("b", 7))
-    smaller.apply(Command(3, 3, REPLACE_ORDER, 1, replace("b", 2, quantity=6)))
+    smaller.apply(Command(3, 3, REPLACE_ORDER, 1, replace("b", 2, quantity=6)))  # keeps its place
+    # Order 1 goes up (to the back of the queue) and down again: base's orders, but b first.
     requeued = book(("a", 5), ("b", 7))
     requeued.apply(Command(3, 3, REPLACE_ORDER, 1, replace("a", 1, quantity=6)))
     requeued.apply(Command(4, 4, REPLACE_ORDER, 1, replace("a", 1, quantity=5)))

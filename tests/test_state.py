@@ -126,6 +126,7 @@ def test_a_live_digest_checkpoint_catches_a_divergence_and_an_unknown_one_is_ref
     last = cmd(len(envelopes), 1, "MassCancel", mass_cancel("acct-03"))
     for envelope in [*envelopes[:-1], last]:
         diverged.apply(envelope)
+    assert diverged.digest() != writer.digest()  # the last command did change the book
     with pytest.raises(DivergenceError, match="state live digest"):
         diverged.apply(checkpoint)
     assert diverged.last_checkpoint_seq == 0 and diverged.last_seq == checkpoint.seq - 1
