@@ -566,11 +566,12 @@ def _compare_peers(digests: dict[str, tuple[int, str]]) -> list[DigestFinding]:
 def _reference_digests(
     journal: list[wire.Envelope], wanted: set[int], engine_factory: Callable[[], Engine]
 ) -> tuple[dict[int, str], str | None]:
-    """The replayed state's digest at each wanted seq; and why replay halted, if it did."""
+    """The replayed state's digest at each wanted seq (the one nodes show in their status:
+    see :meth:`ReplicatedState.compared_digest`); and why replay halted, if it did."""
     state = ReplicatedState(engine_factory())
     reference: dict[int, str] = {}
     if 0 in wanted:
-        reference[0] = state.engine.digest().hex()
+        reference[0] = state.compared_digest().hex()
     for env in journal:
         # A checkpoint carries no state; every other envelope goes through, as on a node.
         if not env.is_control or env.command_type == wire.EPOCH_MARKER:
@@ -579,7 +580,7 @@ def _reference_digests(
             except Exception as exc:
                 return reference, f"replaying the journal halted at seq {env.seq}: {exc!r}"
         if env.seq in wanted:
-            reference[env.seq] = state.engine.digest().hex()
+            reference[env.seq] = state.compared_digest().hex()
     return reference, None
 
 

@@ -635,7 +635,7 @@ class Node:
             latest_stream_seq=latest,
             last_applied_seq=self.state.last_seq,
             last_apply_delay_ms=self._apply_delay_ms(),
-            state_digest=self.digest(),
+            state_digest=self.state.compared_digest().hex(),
             stream_lag=lag,
             lag_ms=round(self._lag_ms, 3) if self.role is Role.STANDBY else 0.0,
             apply_rate=round(self._apply_rate, 1),

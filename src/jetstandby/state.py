@@ -195,6 +195,13 @@ class ReplicatedState:
             self._digest = (self.last_seq, self.engine.digest())
         return self._digest[1]
 
+    def compared_digest(self) -> bytes:
+        """The digest nodes compare, in checkpoints and in ``/status``: the engine's live
+        digest if it keeps one (O(1)), else :meth:`digest`."""
+        if isinstance(self.engine, LiveDigest):
+            return self.engine.live_digest()
+        return self.digest()
+
     def checkpoint(self, *, epoch: int, timestamp_ns: int) -> wire.Envelope:
         """The ``$checkpoint`` envelope that follows this state: seq ``last_seq + 1``. Of the
         engine's live digest if it keeps one (version 2), else of its digest (version 1)."""
@@ -203,7 +210,7 @@ class ReplicatedState:
         )
         payload = Checkpoint(
             seq=self.last_seq,
-            digest=self._checkpoint_digest(version).hex(),
+            digest=self.compared_digest().hex(),
             engine_version=self.engine.version,
         )
         return wire.Envelope(

@@ -56,6 +56,7 @@ class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
     last_applied_seq: int = 0
     #: How long after the primary stamped the last applied command this node applied it.
     last_apply_delay_ms: float | None = None
+    #: The digest checkpoints compare (ReplicatedState.compared_digest), hex.
     state_digest: str = ""
     submissions_acknowledged: int = 0
     submissions_rejected: int = 0
