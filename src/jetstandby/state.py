@@ -195,22 +195,24 @@ class ReplicatedState:
             self._digest = (self.last_seq, self.engine.digest())
         return self._digest[1]
 
+    @property
+    def _compared_version(self) -> int:
+        """The ``$checkpoint`` version this node writes: of the engine's live digest if it
+        keeps one, else of its digest."""
+        return CHECKPOINT_LIVE_DIGEST if isinstance(self.engine, LiveDigest) else CHECKPOINT_DIGEST
+
     def compared_digest(self) -> bytes:
         """The digest nodes compare, in checkpoints and in ``/status``: the engine's live
         digest if it keeps one (O(1)), else :meth:`digest`."""
-        if isinstance(self.engine, LiveDigest):
-            return self.engine.live_digest()
-        return self.digest()
+        return self._checkpoint_digest(self._compared_version)
 
     def checkpoint(self, *, epoch: int, timestamp_ns: int) -> wire.Envelope:
-        """The ``$checkpoint`` envelope that follows this state: seq ``last_seq + 1``. Of the
-        engine's live digest if it keeps one (version 2), else of its digest (version 1)."""
-        version = (
-            CHECKPOINT_LIVE_DIGEST if isinstance(self.engine, LiveDigest) else CHECKPOINT_DIGEST
-        )
+        """The ``$checkpoint`` envelope that follows this state: seq ``last_seq + 1``, of
+        :meth:`compared_digest`."""
+        version = self._compared_version
         payload = Checkpoint(
             seq=self.last_seq,
-            digest=self.compared_digest().hex(),
+            digest=self._checkpoint_digest(version).hex(),
             engine_version=self.engine.version,
         )
         return wire.Envelope(

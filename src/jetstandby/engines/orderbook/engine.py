@@ -215,29 +215,22 @@ class OrderBookEngine:
     def live_digest(self) -> bytes:
         """The state's digest kept current as it changes (see the module docstring): O(1).
         Equal states give equal live digests in any process; it is not :meth:`digest`."""
-        return hashlib.sha256(
-            _encode(
-                (
-                    LIVE_DIGEST_FORMAT,
-                    self.next_order_id,
-                    self.self_trade_prevention,
-                    self._hash_sum.to_bytes(16, "little"),
-                )
-            )
-        ).digest()
+        return self._live_digest_of(self._hash_sum)
 
     def recount_live_digest(self) -> bytes:
         """:meth:`live_digest` computed afresh from every resting order, for tests and
-        tools; it leaves the kept sum as it is."""
-        kept = self._hash_sum
-        self._hash_sum = (
-            sum(_order_hash(order, _identity(order)) for order in self._orders.values())
-            & _HASH_MASK
+        tools; the kept sum is not touched."""
+        recount = sum(_order_hash(order, _identity(order)) for order in self._orders.values())
+        return self._live_digest_of(recount & _HASH_MASK)
+
+    def _live_digest_of(self, hash_sum: int) -> bytes:
+        fields = (
+            LIVE_DIGEST_FORMAT,
+            self.next_order_id,
+            self.self_trade_prevention,
+            hash_sum.to_bytes(16, "little"),
         )
-        try:
-            return self.live_digest()
-        finally:
-            self._hash_sum = kept
+        return hashlib.sha256(_encode(fields)).digest()
 
     # --- read-only views, for tests and tools --------------------------------------------------
 
